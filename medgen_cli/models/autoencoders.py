@@ -1,0 +1,150 @@
+"""Vector-quantised autoencoders.
+
+`VQVAE` follows van den Oord et al. 2017 ("Neural discrete representation learning") with an
+EMA codebook; trained with a `PatchDiscriminator` (see `models.discriminator`) the same class is
+the VQGAN autoencoder of Esser et al. 2021 ("Taming transformers"). The hierarchical VQ-VAE-2
+(Razavi et al. 2019) lives in `models.vqvae2` and the KL autoencoder of Rombach et al. 2022 in
+`models.klvae`; both are re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from medgen_cli.models.backbone import Decoder, Encoder, FactorsArg
+from medgen_cli.models.base import AEOutput, Autoencoder, make_specs
+from medgen_cli.models.klvae import KLVAE
+from medgen_cli.models.quantizers import QuantizerOutput, VectorQuantizer
+from medgen_cli.models.vqvae2 import VQVAE2
+
+__all__ = ["AEOutput", "VQVAE", "VQVAE2", "KLVAE"]
+
+
+class VQVAE(Autoencoder):
+    """VQ-VAE / VQGAN autoencoder for 2D or 3D images.
+
+    Args:
+        spatial_dims: 2 or 3 (first argument everywhere).
+        in_channels: image channels.
+        out_channels: reconstructed channels (default `in_channels`).
+        channels: encoder channels per level.
+        num_res_blocks: residual blocks per level.
+        downsample: per-level factors, each an int or per-axis tuple, applied at the end of the
+            level; default 2 on every axis at every level. E.g. ((2, 2, 1), (2, 2, 2)) in 3D.
+        embedding_dim: code width (latent channels).
+        num_embeddings: codebook size.
+        commitment_cost, decay, ema, dead_code_threshold: see `VectorQuantizer`.
+        norm: "group" | "batch" | "instance" | "none".
+        num_groups: groups for group norm.
+        attention_levels: levels with self-attention; mid_attention: attention in the middle block.
+        num_heads: attention heads.
+        dropout: dropout in residual blocks.
+        factorized_3d: factorised (2+1)D convolutions (3D only).
+        rezero: ReZero-gated residual blocks.
+        upsample_mode: "nearest" | "transpose".
+        recon_loss: "mse" | "l1".
+    """
+
+    kind = "vqvae"
+    _is_vq = True
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        channels: Sequence[int] = (32, 64),
+        num_res_blocks: int = 2,
+        downsample: FactorsArg = None,
+        embedding_dim: int = 8,
+        num_embeddings: int = 256,
+        commitment_cost: float = 0.25,
+        decay: float = 0.99,
+        ema: bool = True,
+        dead_code_threshold: float = 0.01,
+        norm: str = "group",
+        num_groups: int = 8,
+        attention_levels: Sequence[int] = (),
+        mid_attention: bool = False,
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        factorized_3d: bool = False,
+        rezero: bool = True,
+        upsample_mode: str = "nearest",
+        recon_loss: str = "mse",
+    ):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        spec, opts = make_specs(
+            spatial_dims, channels, downsample, num_res_blocks, attention_levels, mid_attention, upsample_mode,
+            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=2,
+        )
+        self.encoder = Encoder(spec, opts, in_channels, embedding_dim)
+        self.quantizer = VectorQuantizer(
+            num_embeddings, embedding_dim, commitment_cost=commitment_cost, decay=decay,
+            dead_code_threshold=dead_code_threshold, ema=ema,
+        )
+        self.decoder = Decoder(spec, opts, embedding_dim, out_channels)
+        self._finish_init(
+            dict(
+                spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                channels=spec.channels, num_res_blocks=num_res_blocks, downsample=spec.downsample,
+                embedding_dim=embedding_dim, num_embeddings=num_embeddings, commitment_cost=commitment_cost,
+                decay=decay, ema=ema, dead_code_threshold=dead_code_threshold, norm=norm, num_groups=num_groups,
+                attention_levels=spec.attention_levels, mid_attention=mid_attention, num_heads=num_heads,
+                dropout=dropout, factorized_3d=factorized_3d, rezero=rezero, upsample_mode=upsample_mode,
+                recon_loss=recon_loss,
+            ),
+            downsample_factor=spec.total_factor,
+            latent_channels=embedding_dim,
+        )
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.quantizer.num_embeddings
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, C, *spatial) -> continuous encoder output z_e (B, embedding_dim, *latent_spatial)."""
+        self._check_input(x)
+        return self.encoder(x)
+
+    def quantize(self, z_e: Tensor) -> QuantizerOutput:
+        """Quantise z_e (updates the EMA codebook in training mode)."""
+        return self.quantizer(z_e)
+
+    def decode(self, z_q: Tensor) -> Tensor:
+        """(B, embedding_dim, *latent_spatial) -> (B, out_channels, *spatial)."""
+        return self.decoder(z_q)
+
+    def forward(self, x: Tensor) -> AEOutput:
+        q = self.quantize(self.encode(x))
+        reconstruction = self.decode(q.quantized)
+        loss_terms = {"reconstruction": self._reconstruction_loss(reconstruction, x), **q.loss_terms}
+        return AEOutput(
+            reconstruction=reconstruction,
+            loss_terms=loss_terms,
+            indices=q.indices,
+            perplexity=q.perplexity,
+            metrics={"perplexity": q.perplexity.detach(), "usage": q.usage.detach()},
+        )
+
+    def index_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial shape of the code-index grid for an image of spatial shape `input_shape`."""
+        return self._scaled_shape(input_shape, self.downsample_factor)
+
+    def encode_to_indices(self, x: Tensor) -> Tensor:
+        """(B, C, *spatial) -> (B, *latent_spatial) int64 codes (no codebook update)."""
+        return self.quantizer.quantize(self.encode(x))[1]
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        return self.decode(self.quantizer.indices_to_latents(indices))
+
+    def encode_to_latents(self, x: Tensor) -> Tensor:
+        """Quantised latents (B, embedding_dim, *latent_spatial), float32."""
+        return self.quantizer.quantize(self.encode(x))[0]
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Snap z to the nearest codes (as LDM does for VQ latents), then decode."""
+        return self.decode(self.quantizer.quantize(z)[0])

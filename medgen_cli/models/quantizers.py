@@ -1,0 +1,203 @@
+"""Vector quantisation for VQ-VAE / VQ-VAE-2 / VQGAN latents, for any spatial rank.
+
+`VectorQuantizer` follows van den Oord et al. 2017 ("Neural discrete representation learning"):
+nearest-codebook lookup, straight-through gradient and commitment loss. With `ema=True` (the
+default) the codebook is updated by exponential moving averages of cluster sizes and embedding sums
+with Laplace smoothing (Appendix A.1 of that paper; Razavi et al. 2019); with `ema=False` it is
+learnt by gradient through the codebook loss ||sg[z] - e||^2. Codes whose EMA usage falls below
+`dead_code_threshold` are restarted on random encoder outputs of the current batch (as in
+Dhariwal et al. 2020, Jukebox).
+
+Quantisation always runs in float32 with autocast disabled: distances and EMA statistics are not
+safe in bf16/fp16. Under `torch.distributed`, counts and sums are all-reduced and restart picks are
+broadcast from rank 0, so every rank holds the same codebook.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["QuantizerOutput", "VectorQuantizer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizerOutput:
+    """Result of `VectorQuantizer.forward`.
+
+    quantized: (B, D, *spatial) float32 codebook vectors, straight-through to the input.
+    indices: (B, *spatial) int64 code indices.
+    loss_terms: weighted loss terms ("commitment", plus "codebook" when ema=False).
+    perplexity: scalar, exp of the entropy of the code usage in this batch.
+    usage: scalar, fraction of codes used in this batch.
+    """
+
+    quantized: Tensor
+    indices: Tensor
+    loss_terms: dict[str, Tensor]
+    perplexity: Tensor
+    usage: Tensor
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantiser over channel vectors of (B, D, *spatial) inputs.
+
+    Args:
+        num_embeddings: codebook size K.
+        embedding_dim: code width D (= channels of the input).
+        commitment_cost: beta, weight of ||z - sg[e]||^2.
+        decay: EMA decay of cluster sizes and sums (also used for usage tracking when ema=False).
+        eps: Laplace smoothing constant of the EMA cluster sizes.
+        dead_code_threshold: codes whose EMA usage (vectors per batch) is below this are restarted
+            on random encoder outputs during training; 0 disables restarts. Restarted codes get an
+            EMA usage of 1.
+        ema: EMA codebook updates (True) or codebook loss with gradient updates (False).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float = 0.25,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        dead_code_threshold: float = 0.01,
+        ema: bool = True,
+    ):
+        super().__init__()
+        if num_embeddings < 1:
+            raise ValueError(f"num_embeddings={num_embeddings} must be >= 1")
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim={embedding_dim} must be >= 1")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay} must be in [0, 1)")
+        if eps < 0 or commitment_cost < 0 or dead_code_threshold < 0:
+            raise ValueError(
+                f"eps={eps}, commitment_cost={commitment_cost} and dead_code_threshold={dead_code_threshold} "
+                "must be >= 0"
+            )
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.commitment_cost = commitment_cost
+        self.decay = decay
+        self.eps = eps
+        self.dead_code_threshold = dead_code_threshold
+        self.ema = ema
+        init = torch.empty(num_embeddings, embedding_dim).uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
+        # Usage starts at one vector per code and sums at the code itself, so an unused code keeps
+        # its position (sum / size is constant under decay) instead of collapsing to zero.
+        self.register_buffer("cluster_size", torch.ones(num_embeddings))
+        if ema:
+            self.register_buffer("embedding", init)
+            self.register_buffer("embed_sum", init.clone())
+        else:
+            self.embedding = nn.Parameter(init)
+
+    @property
+    def codebook(self) -> Tensor:
+        """(K, D) codebook."""
+        return self.embedding
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, ema={self.ema}"
+
+    def _flatten(self, z: Tensor) -> Tensor:
+        if z.ndim < 3 or z.shape[1] != self.embedding_dim:
+            raise ValueError(f"expected (B, {self.embedding_dim}, *spatial) latents, got {tuple(z.shape)}")
+        return z.movedim(1, -1).reshape(-1, self.embedding_dim)  # (N, D)
+
+    def _nearest(self, flat: Tensor) -> Tensor:
+        codebook = self.embedding.detach().float()
+        distances = (
+            flat.detach().pow(2).sum(1, keepdim=True) - 2 * flat.detach() @ codebook.t() + codebook.pow(2).sum(1)
+        )
+        return distances.argmin(dim=1)
+
+    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest codes of z (B, D, *spatial): (quantized float32 (B, D, *spatial), indices (B, *spatial)).
+
+        No losses, no codebook updates and no straight-through gradient.
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = self._flatten(z.float())
+            indices = self._nearest(flat).reshape(z.shape[0], *z.shape[2:])
+            return self.indices_to_latents(indices), indices
+
+    def indices_to_latents(self, indices: Tensor) -> Tensor:
+        """Inverse of the lookup: (B, *spatial) int indices -> (B, D, *spatial) float32 codes."""
+        if indices.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+            raise ValueError(f"indices must be an integer tensor, got dtype {indices.dtype}")
+        with torch.autocast(device_type=indices.device.type, enabled=False):
+            return F.embedding(indices.long(), self.embedding.float()).movedim(-1, 1)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            flat = self._flatten(z)
+            indices = self._nearest(flat)
+            codes = F.embedding(indices, self.embedding.float())  # (N, D); grad to codebook if not ema
+            counts = torch.bincount(indices, minlength=self.num_embeddings).float()
+
+            loss_terms = {"commitment": self.commitment_cost * F.mse_loss(flat, codes.detach())}
+            if not self.ema:
+                loss_terms["codebook"] = F.mse_loss(codes, flat.detach())
+            probs = counts / counts.sum()
+            perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+            usage = (counts > 0).float().mean()
+
+            if self.training:
+                self._update(flat.detach(), indices, counts)
+
+            codes = codes.reshape(z.shape[0], *z.shape[2:], self.embedding_dim).movedim(-1, 1)
+            quantized = z + (codes - z).detach()  # straight-through estimator
+        return QuantizerOutput(
+            quantized=quantized,
+            indices=indices.reshape(z.shape[0], *z.shape[2:]),
+            loss_terms=loss_terms,
+            perplexity=perplexity,
+            usage=usage,
+        )
+
+    @torch.no_grad()
+    def _update(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        """EMA statistics (and codebook, if ema) from one batch, then dead-code restarts."""
+        counts = counts.clone()
+        sums = torch.zeros_like(self.embedding, dtype=torch.float32).index_add_(0, indices, flat)
+        if _distributed():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.ema:
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            total = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.eps) / (total + self.num_embeddings * self.eps) * total
+            self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        self._restart_dead_codes(flat)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: Tensor) -> None:
+        if self.dead_code_threshold <= 0:
+            return
+        dead = self.cluster_size < self.dead_code_threshold  # identical on all ranks
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        picks = flat[torch.randint(flat.shape[0], (num_dead,), device=flat.device)].contiguous()
+        if _distributed():
+            dist.broadcast(picks, src=0)
+        self.embedding.data[dead] = picks.to(self.embedding.dtype)
+        self.cluster_size[dead] = 1.0
+        if self.ema:
+            self.embed_sum[dead] = picks
+        log.debug("restarted %d dead codes of %d", num_dead, self.num_embeddings)
