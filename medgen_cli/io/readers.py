@@ -102,6 +102,7 @@ def _source_for_file(path: Path) -> Source:
 def _discover_dir(path: Path, dicom_series: str) -> list[Source]:
     import SimpleITK as sitk
 
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # failures are reported as sentences, not ITK dumps
     files = sorted(p for p in path.rglob("*") if p.is_file())
     dicom_dirs = sorted({p.parent for p in files if p.suffix.lower() == ".dcm" or (not p.suffix and _is_dicom_file(p))})
     out: list[Source] = []
@@ -133,7 +134,7 @@ def read_source(source: Source, modality: str = "auto") -> tuple[np.ndarray, Ima
         raise ReadError(f"{source.path}: the image has a zero-length axis (shape {arr.shape})")
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise ReadError(f"{source.path}: {int(bad.sum())} voxels are NaN or Inf")
+        raise ReadError(f"{source.path}: {int(bad.sum())} voxel(s) are NaN or Inf")
     if modality != "auto":
         meta = meta.replace(modality=modality)
     elif meta.modality == "OT":
@@ -248,6 +249,8 @@ def _read_dicom_series(directory: str, uid: str) -> tuple[np.ndarray, ImageMeta]
     head.SetFileName(files[0])
     head.ReadImageInformation()
     arr = _array_from_sitk(img)
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]  # a one-slice series is a 2D item, like a single DICOM file
     meta = _meta_from_sitk(img, directory, _dicom_tags(head))
     return arr, meta.replace(attrs={"dicom_files": len(files)})
 

@@ -82,7 +82,11 @@ def test_foreground_bbox():
 
 @pytest.mark.parametrize(
     "shape,spacing,size",
-    [((40, 30, 10), (0.5, 0.8, 3.0), (32, 32, 32)), ((50, 20), (0.6, 1.5), (24, 16)), ((16, 16, 16), (1, 1, 1), (16, 16, 16))],
+    [
+        ((40, 30, 10), (0.5, 0.8, 3.0), (32, 32, 32)),
+        ((50, 20), (0.6, 1.5), (24, 16)),
+        ((16, 16, 16), (1, 1, 1), (16, 16, 16)),
+    ],
 )
 def test_fit(shape, spacing, size, make_meta, to_world):
     meta = make_meta(spacing + (1.0,) * (3 - len(spacing)), (3.0, -2.0, 1.0))

@@ -1,0 +1,74 @@
+"""Subject-level splits and subject ids."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from medgen_cli.preprocess import splits as P
+
+
+def test_splits_disjoint_deterministic_order_independent():
+    subjects = [f"sub-{i:03d}" for i in range(50)]
+    a = P.assign_splits(subjects, seed=3)
+    b = P.assign_splits(list(reversed(subjects)) + subjects[:10], seed=3)  # order, duplicates
+    assert a == b
+    assert set(a) == set(subjects)  # a dict: each subject in exactly one split
+    assert Counter(a.values()) == {"train": 40, "val": 5, "test": 5}
+    assert P.assign_splits(subjects, seed=4) != a
+
+
+@pytest.mark.parametrize(
+    "n,fractions,expected",
+    [
+        (100, (0.8, 0.1, 0.1), (80, 10, 10)),
+        (7, (0.8, 0.1, 0.1), (5, 1, 1)),  # 5.6/0.7/0.7 -> 5/0/0 + remainders 1/1/0 -> then >= 1 each
+        (10, (0.7, 0.3, 0.0), (7, 3, 0)),
+        (3, (0.8, 0.1, 0.1), (1, 1, 1)),
+        (2, (0.8, 0.1, 0.1), (1, 1, 0)),  # fewer subjects than splits: train first
+        (1, (0.8, 0.1, 0.1), (1, 0, 0)),
+        (11, (0.5, 0.25, 0.25), (5, 3, 3)),
+    ],
+)
+def test_split_counts(n, fractions, expected):
+    got = Counter(P.assign_splits([str(i) for i in range(n)], fractions).values())
+    assert tuple(got.get(k, 0) for k in ("train", "val", "test")) == expected
+
+
+def test_split_bad_parameters():
+    with pytest.raises(ValueError, match="sum to 1"):
+        P.assign_splits(["a"], (0.5, 0.2, 0.1))
+    with pytest.raises(ValueError, match="one fraction per split"):
+        P.assign_splits(["a"], (0.5, 0.5))
+    with pytest.raises(ValueError, match="unique"):
+        P.assign_splits(["a"], (0.5, 0.5), names=("x", "x"))
+    assert P.assign_splits([]) == {}
+
+
+def test_subject_from_path():
+    assert P.subject_from_path("/data/sub-01.nii.gz") == "sub-01"
+    assert P.subject_from_path("scans/PAT7_ct.NRRD") == "PAT7_ct"
+    assert P.subject_from_path("/dicom/series_12/") == "series_12"
+    assert P.subject_from_path("a/b.v2.mha") == "b.v2"
+    assert P.subject_from_path("/data/sub-07/ses-1/ct.nii.gz", r"(sub-\d+)") == "sub-07"
+    assert P.subject_from_path("/x/case12_t1.png", r"case(?P<subject>\d+)_") == "12"
+    assert P.subject_from_path("/x/ID99.png", r"ID\d+") == "ID99"
+    with pytest.raises(ValueError, match="does not match"):
+        P.subject_from_path("/x/y.nii", r"sub-\d+")
+    with pytest.raises(ValueError, match="regular expression"):
+        P.subject_from_path("/x/y.nii", r"(")
+
+
+def test_load_subject_csv(tmp_path):
+    f = tmp_path / "subjects.csv"
+    f.write_text("path, subject,site\nimgs/a.nii.gz,P1,x\nimgs/b.nii.gz,P1,y\nc,P2,z\n")
+    assert P.load_subject_csv(f) == {"imgs/a.nii.gz": "P1", "imgs/b.nii.gz": "P1", "c": "P2"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,subject\na,b\n")
+    with pytest.raises(ValueError, match="'path' and 'subject'"):
+        P.load_subject_csv(bad)
+    clash = tmp_path / "clash.csv"
+    clash.write_text("path,subject\na,P1\na,P2\n")
+    with pytest.raises(ValueError, match="two subjects"):
+        P.load_subject_csv(clash)
