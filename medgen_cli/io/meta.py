@@ -100,6 +100,13 @@ class IntensityMapping:
             return self.in_low + e
         return self.in_low + u * (self.in_high - self.in_low)
 
+    def describe(self) -> str:
+        """One line for people, e.g. ``window -1350..150 HU -> [-1, 1] (clipped)``."""
+        log = ", log" if self.transform == "log" else ""
+        clip = " (clipped)" if self.clip else ""
+        return (f"{self.method} {self.in_low:g}..{self.in_high:g} {self.unit} -> "
+                f"[{self.out_low:g}, {self.out_high:g}]{clip}{log}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from .meta import ImageMeta
+from .meta import ImageMeta, IntensityMapping
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Store:
         """What `medgen inspect` shows: items per split, shapes, dtypes, spacing range, sizes."""
         splits: dict[str, int] = {}
         shapes: dict[str, int] = {}
-        dtypes, modalities, subjects = set(), set(), set()
+        dtypes, modalities, subjects, mappings = set(), set(), set(), {}
         spacing_min, spacing_max = None, None
         raw = stored = 0
         incomplete = 0
@@ -185,6 +185,8 @@ class Store:
             dtypes.add(str(arr.dtype))
             modalities.add(attrs.get("modality", "OT"))
             subjects.add(attrs.get("subject", ""))
+            text = IntensityMapping.from_dict(attrs.get("intensity")).describe()
+            mappings[text] = mappings.get(text, 0) + 1
             sp = np.asarray(attrs.get("spacing", [1, 1, 1]), dtype=float)[: arr.ndim]
             spacing_min = sp if spacing_min is None else np.minimum(spacing_min, sp)
             spacing_max = sp if spacing_max is None else np.maximum(spacing_max, sp)
@@ -199,6 +201,7 @@ class Store:
             "shapes": shapes,
             "dtypes": sorted(dtypes),
             "modalities": sorted(modalities),
+            "intensity": mappings,
             "spacing_min": None if spacing_min is None else [round(float(v), 4) for v in spacing_min],
             "spacing_max": None if spacing_max is None else [round(float(v), 4) for v in spacing_max],
             "bytes_raw": int(raw),

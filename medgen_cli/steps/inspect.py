@@ -80,6 +80,9 @@ def render(report: dict[str, Any], console) -> None:
         table.add_row("shapes", ", ".join(f"{k} ({v})" for k, v in st["shapes"].items()))
         table.add_row("dtypes", ", ".join(st["dtypes"]))
         table.add_row("modality", ", ".join(st["modalities"]))
+        mappings = list(st.get("intensity", {}))
+        if mappings:
+            table.add_row("intensity", mappings[0] if len(mappings) == 1 else f"{len(mappings)} per-item mappings, e.g. {mappings[0]}")
         table.add_row("spacing (mm)", f"{st['spacing_min']} .. {st['spacing_max']}")
         table.add_row("size on disk", f"{_size(st['bytes_stored'])} ({_size(st['bytes_raw'])} raw, ratio {st['compression_ratio']})")
         console.print(table)
