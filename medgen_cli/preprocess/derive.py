@@ -57,8 +57,14 @@ def drr(
     meta: ImageMeta,
     view: str = "ap",
     mu_water: float = MU_WATER,
+    output: str = "log",
 ) -> tuple[np.ndarray, ImageMeta]:
     """Digitally reconstructed radiograph of a CT by parallel projection.
+
+    ``output="log"`` (default) gives the line integral of attenuation (the optical depth
+    ``-ln(I/I0)``), which is what a processed radiograph displays after the detector's log
+    transform: bone bright, with contrast through the whole body. ``output="intensity"`` gives the
+    absorbed fraction ``1 - exp(-line integral)``, which saturates through a thick body.
 
     The output keeps the two remaining voxel axes in their order; its affine has their columns
     and, as third column, the projection axis scaled to the whole projected depth, with the
@@ -70,19 +76,25 @@ def drr(
         meta: its metadata.
         view: "ap" (rays anterior-posterior) or "lateral" (rays left-right).
         mu_water: attenuation of water in 1/mm (larger saturates soft tissue sooner).
+        output: "log" (line integral, unbounded, >= 0) or "intensity" (in [0, 1]).
 
     Returns:
-        ``(image, meta)`` with values ``1 - exp(-line integral)`` in [0, 1], modality "XR".
+        ``(image, meta)``, modality "XR"; the mapping is the identity in the output's unit.
     """
     if arr_hu.ndim != 3:
         raise ValueError(f"drr needs a 3D CT, got shape {arr_hu.shape}")
+    if output not in ("log", "intensity"):
+        raise ValueError(f"output must be 'log' or 'intensity', got {output!r}")
     if not (np.isfinite(mu_water) and mu_water > 0):
         raise ValueError(f"mu_water must be > 0 (1/mm), got {mu_water!r}")
     axis = projection_axis(meta, view)
     hu = physical_values(arr_hu, meta)
     mu = np.clip(mu_water * (1.0 + hu.astype(np.float64) / 1000.0), 0.0, None)
     line = mu.sum(axis=axis) * meta.spacing[axis]
-    image = (-np.expm1(-line)).astype(np.float32)  # 1 - exp(-line), accurate for small integrals
+    if output == "log":
+        image = line.astype(np.float32)
+    else:
+        image = (-np.expm1(-line)).astype(np.float32)  # 1 - exp(-line), accurate for small integrals
 
     n = arr_hu.shape[axis]
     keep = [a for a in range(3) if a != axis]
@@ -92,8 +104,13 @@ def drr(
     affine[:, 0], affine[:, 1] = meta.affine[:, keep[0]], meta.affine[:, keep[1]]
     affine[:3, 2] = meta.affine[:3, axis] * n
     affine[:, 3] = meta.affine @ centre
-    mapping = IntensityMapping(method="identity", unit="1-exp(-line integral)", in_low=0.0, in_high=1.0,
-                               out_low=0.0, out_high=1.0, clip=True)
+    if output == "log":
+        high = max(float(image.max()), 1e-6)
+        mapping = IntensityMapping(method="identity", unit="optical depth", in_low=0.0, in_high=high,
+                                   out_low=0.0, out_high=high, clip=False)
+    else:
+        mapping = IntensityMapping(method="identity", unit="1-exp(-line integral)", in_low=0.0, in_high=1.0,
+                                   out_low=0.0, out_high=1.0, clip=True)
     attrs = {"view": view, "derived_from": f"DRR {view} (parallel, mu_water={mu_water:g}/mm) of {meta.modality}"}
     return image, meta.replace(affine=affine, modality="XR", intensity=mapping, attrs=attrs)
 

@@ -9,9 +9,11 @@ from .base import (
 )
 from .common import AugmentSettings, DataSettings, RuntimeSettings, SplitSettings, StoreSettings
 from .preprocess import PreprocessSettings
+from .train import TrainAESettings
 
 STEP_SETTINGS = {
     "preprocess": PreprocessSettings,
+    "train-ae": TrainAESettings,
 }
 
 __all__ = [

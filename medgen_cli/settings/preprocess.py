@@ -136,6 +136,9 @@ class DeriveSettings(Section):
         default_factory=list,
         description="Derived paired stores: drr (AP + lateral radiographs), lowdose, downsample:F.",
     )
+    drr_max_depth: float = Field(
+        8.0, gt=0, description="drr: optical depth (line integral of attenuation) shown as white; the same for every subject."
+    )
     lowdose_fraction: float = Field(0.25, gt=0, lt=1, description="lowdose: dose as a fraction of the original.")
     lowdose_sigma: float = Field(10.0, gt=0, description="lowdose: noise std (HU) of the full-dose scan.")
 

@@ -34,6 +34,7 @@ from ..io.readers import ReadError, Source, discover, read_source
 from ..io.store import Store, store_path
 from ..preprocess import derive, intensity, slicing, spatial, splits
 from ..settings import PreprocessSettings
+from ..viz.previews import store_preview
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,11 @@ def _derived(arr_phys: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_
         if spec == "drr":
             views = []
             for view in ("ap", "lateral"):
-                a, m = derive.drr(arr_phys, meta, view=view)
+                # optical depth (the log radiograph) on one fixed scale for every subject
+                a, m = derive.drr(arr_phys, meta, view=view, output="log")
                 lo, hi = s.intensity.output_range
-                m = m.replace(intensity=IntensityMapping(
-                    method="drr", unit=m.intensity.unit, in_low=0.0, in_high=1.0, out_low=lo, out_high=hi, clip=True))
+                m = m.replace(intensity=IntensityMapping(method="window", unit="optical depth", in_low=0.0,
+                                                         in_high=s.derive.drr_max_depth, out_low=lo, out_high=hi, clip=True))
                 views.append((f"{item_id}_{view}", m.intensity.to_stored(a), m))
             out[name] = views
         elif spec == "lowdose":
@@ -328,7 +330,12 @@ def _summary(partial: Path, sources, subjects, assignment, s: PreprocessSettings
         failed.extend(json.loads(f.read_text())["failed"])
     stores = {}
     for zdir in sorted(partial.glob("*.zarr")):
-        stores[zdir.stem] = Store.open(zdir).summary()
+        store = Store.open(zdir)
+        stores[zdir.stem] = store.summary()
+        try:
+            store_preview(partial / "previews" / f"{zdir.stem}.png", store)
+        except (ValueError, RuntimeError) as err:  # a picture must never fail the step
+            log.warning("could not draw a preview of %s: %s", zdir.stem, err)
     used = {json.loads(f.read_text())["subject"] for f in (partial / PROGRESS_DIR).glob("*.json")}
     return {
         "stores": stores,

@@ -20,7 +20,7 @@ def sphere_ct(make_meta):
 
 def test_drr_bright_where_sphere_projects(sphere_ct, to_world):
     arr, meta = sphere_ct
-    img, m = D.drr(arr, meta, "ap")
+    img, m = D.drr(arr, meta, "ap", output="intensity")
     assert img.shape == (24, 16) and img.dtype == np.float32
     assert np.unravel_index(np.argmax(img), img.shape) == (6, 9)
     assert img.min() == 0.0 and 0 < img.max() < 1  # air only -> exactly 0
@@ -39,8 +39,14 @@ def test_drr_bright_where_sphere_projects(sphere_ct, to_world):
 def test_drr_water_slab_by_hand(make_meta):
     # 10 voxels x 2 mm of water along A: integral = 0.02/mm * 20 mm = 0.4.
     arr = np.zeros((3, 10, 4), np.float32)
-    img, _ = D.drr(arr, make_meta((1.0, 2.0, 1.0)), "ap")
+    img, _ = D.drr(arr, make_meta((1.0, 2.0, 1.0)), "ap", output="intensity")
     np.testing.assert_allclose(img, 1 - np.exp(-0.4), rtol=1e-6)
+    # the default, the log radiograph, is the line integral itself (optical depth)
+    depth, m = D.drr(arr, make_meta((1.0, 2.0, 1.0)), "ap")
+    np.testing.assert_allclose(depth, 0.4, rtol=1e-6)
+    assert m.intensity.unit == "optical depth"
+    with pytest.raises(ValueError, match="output"):
+        D.drr(arr, make_meta((1.0, 2.0, 1.0)), "ap", output="png")
 
 
 def test_drr_axis_comes_from_the_affine(sphere_ct, oblique_direction):

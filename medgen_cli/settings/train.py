@@ -1,0 +1,272 @@
+"""Settings of ``medgen train-ae`` and the training sections ``train-prior`` will share.
+
+Shared sections: ``OptimSettings`` (optimizer, learning-rate schedule, clipping, accumulation) and
+``TrainSettings`` (length, validation, checkpoints, EMA, precision). Autoencoder-only sections:
+``LossSettings``, ``AdversarialSettings`` and ``AutoencoderSettings``. ``spatial_dims`` is not a
+setting: it comes from the rank of the stored items.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from .base import FloatTuple, IntTuple, Section, _csv
+from .common import AugmentSettings, DataSettings, RuntimeSettings
+
+AE_KINDS = ("vqvae", "vqvae2", "vqgan", "klvae")
+VQ_KINDS = ("vqvae", "vqvae2", "vqgan")
+
+
+
+def _factors(value):
+    """One factor per level: an int (every axis) or a per-axis list, e.g. [[2, 2, 1], [2, 2, 2]]."""
+    value = _csv(value)
+    if value is None:
+        return None
+    try:
+        out = []
+        for f in value:
+            if isinstance(f, (list, tuple)):
+                out.append(tuple(_positive_int(v) for v in f))
+            else:
+                out.append(_positive_int(f))
+        return tuple(out)
+    except (TypeError, ValueError):
+        raise ValueError("needs one factor per level, each a positive integer or a per-axis list, "
+                         "e.g. 2,2 or [[2,2,1],[2,2,2]]") from None
+
+
+def _positive_int(v) -> int:
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(v)
+    n = int(v)
+    if n < 1:
+        raise ValueError(v)
+    return n
+
+
+Factors = Annotated[tuple[int | tuple[int, ...], ...], BeforeValidator(_factors)]
+
+
+class OptimSettings(Section):
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimizer: adam, or adamw (decoupled weight decay).")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (after warmup).")
+    betas: FloatTuple = Field((0.9, 0.999), description="Adam betas (beta1, beta2).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw).")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup from 0 over this many steps.")
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "cosine", description="Learning-rate decay after warmup, down to lr * min_lr_ratio at the last step."
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine, linear).")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this value (0 = no clipping).")
+    grad_accum: int = Field(1, ge=1, description="Batches whose gradients are accumulated per optimizer step.")
+
+    @field_validator("betas")
+    @classmethod
+    def _two_betas(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if len(v) != 2 or not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("needs two numbers in [0, 1), e.g. 0.9,0.999")
+        return v
+
+
+class TrainSettings(Section):
+    steps: int = Field(10000, ge=1, description="Optimizer steps to train (the run stops at steps or max_minutes, whichever comes first).")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Wall-clock training budget in minutes (null = no budget); counts across resumes."
+    )
+    val_every: int = Field(500, ge=0, description="Validate every this many steps (0 = only at the end).")
+    val_items: int = Field(16, ge=1, description="At most this many validation items are scored.")
+    checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every this many steps.")
+    keep_last: int = Field(2, ge=1, description="Keep this many recent checkpoints (plus the best).")
+    select: Literal["best", "last"] = Field(
+        "best", description="Final weights: the best validation checkpoint, or the last step."
+    )
+    ema: bool = Field(False, description="Keep an exponential moving average of the weights and export it.")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="Decay of the weight EMA (warmed up over the first steps).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Arithmetic: auto = bf16 autocast on GPUs that support it, fp32 elsewhere; fp16 is CUDA only."
+    )
+    log_every: int = Field(50, ge=1, description="Write averaged training losses to metrics.jsonl every this many steps.")
+    save_images: int = Field(4, ge=0, description="Validation items shown in each reconstruction PNG (0 = none).")
+
+
+class LossSettings(Section):
+    l1: float = Field(1.0, ge=0, description="Weight of the L1 reconstruction loss.")
+    l2: float = Field(0.0, ge=0, description="Weight of the L2 (mean squared error) reconstruction loss.")
+    ms_ssim: float = Field(
+        0.0, ge=0, description="Weight of 1 - MS-SSIM (kornia; 3D uses a multi-window SSIM3D), on the store's data range."
+    )
+
+    @model_validator(mode="after")
+    def _some_loss(self):
+        if self.l1 == 0 and self.l2 == 0 and self.ms_ssim == 0:
+            raise ValueError("loss.l1, loss.l2 and loss.ms_ssim are all 0; give at least one a positive weight")
+        return self
+
+
+class AdversarialSettings(Section):
+    enabled: bool | None = Field(
+        None, description="Train against a patch discriminator; null = on for model.kind vqgan, off otherwise."
+    )
+    loss: Literal["hinge", "nonsaturating"] = Field("hinge", description="Adversarial loss.")
+    weight: float = Field(0.5, ge=0, description="Weight of the generator's adversarial loss.")
+    start_step: int = Field(1000, ge=0, description="Step at which the discriminator starts training and being used.")
+    adaptive: bool = Field(
+        True, description="Scale the adversarial loss by the ratio of gradient norms at the decoder's last layer (VQGAN)."
+    )
+    channels: int = Field(64, ge=1, description="Width of the discriminator's first layer (doubled per layer, at most 8x).")
+    layers: int = Field(3, ge=1, description="Strided layers of the discriminator.")
+    norm: Literal["batch", "instance", "none"] = Field("batch", description="Normalisation in the discriminator.")
+
+    def active(self, kind: str) -> bool:
+        """Whether the discriminator is used for an autoencoder of ``kind``."""
+        return self.enabled if self.enabled is not None else kind == "vqgan"
+
+
+class AutoencoderSettings(Section):
+    kind: Literal["vqvae", "vqvae2", "vqgan", "klvae"] = Field(
+        "vqvae", description="Autoencoder: vqvae, vqvae2 (hierarchical), vqgan (VQ + discriminator) or klvae (continuous)."
+    )
+    channels: IntTuple = Field((64, 128), description="Encoder channels per level (the decoder mirrors them).")
+    num_res_blocks: int = Field(2, ge=1, description="Residual blocks per level.")
+    downsample: Factors | None = Field(
+        None,
+        description="Downsampling factor per level: an int or a per-axis list, e.g. [[2,2,1],[2,2,2]];\n"
+        "null = 2 per axis at every level (klvae: not after the last level).",
+    )
+    embedding_dim: int = Field(64, ge=1, description="VQ: code width (latent channels).")
+    num_embeddings: int = Field(512, ge=1, description="VQ: codebook size.")
+    commitment_cost: float = Field(0.25, ge=0, description="VQ: weight of the commitment loss.")
+    codebook_ema: bool = Field(True, description="VQ: update the codebook by EMA (true) or by gradient (false).")
+    codebook_decay: float = Field(0.99, ge=0, lt=1, description="VQ: EMA decay of the codebook statistics.")
+    dead_code_threshold: float = Field(
+        0.01, ge=0, description="VQ: restart codes whose EMA usage (vectors per batch) falls below this (0 = never)."
+    )
+    top_channels: IntTuple = Field((128,), description="vqvae2: channels per level of the top encoder.")
+    top_downsample: Factors | None = Field(None, description="vqvae2: per-level factors of the top encoder (null = 2).")
+    latent_channels: int = Field(4, ge=1, description="klvae: latent channels.")
+    kl_weight: float = Field(1e-6, ge=0, description="klvae: weight of the KL term.")
+    latent_scale_items: int = Field(
+        64, ge=1, description="klvae: training items whose latent means set the scaling factor (1 / std)."
+    )
+    norm: Literal["group", "batch", "instance", "none"] = Field("group", description="Normalisation in the blocks.")
+    num_groups: int = Field(8, ge=1, description="Groups of group norm (must divide every channel count).")
+    attention_levels: IntTuple = Field((), description="Levels (0-based) with self-attention after each block.")
+    mid_attention: bool = Field(False, description="Self-attention in the middle block.")
+    num_heads: int = Field(1, ge=1, description="Attention heads.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in residual blocks.")
+    factorized_3d: bool = Field(False, description="3D only: factorised (2+1)D convolutions (cheaper).")
+    rezero: bool = Field(True, description="ReZero-gated residual blocks (branch scaled by a learnt factor from 0).")
+    upsample_mode: Literal["nearest", "transpose"] = Field("nearest", description="Decoder upsampling.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        levels = len(self.channels)
+        if levels == 0 or any(c < 1 for c in self.channels):
+            raise ValueError(f"model.channels = {list(self.channels)} must be a non-empty list of positive integers")
+        if self.norm == "group":
+            widths = set(self.channels) | ({self.embedding_dim} if self.kind == "vqvae2" else set())
+            widths |= set(self.top_channels) if self.kind == "vqvae2" else set()
+            bad = sorted(c for c in widths if c % self.num_groups)
+            if bad:
+                raise ValueError(f"model.num_groups = {self.num_groups} must divide every channel count; {bad} is not divisible")
+        if self.downsample is not None and len(self.downsample) != levels:
+            raise ValueError(
+                f"model.downsample = {_show(self.downsample)} needs one factor per level of model.channels ({levels} levels)"
+            )
+        bad_levels = [a for a in self.attention_levels if not 0 <= a < levels]
+        if bad_levels:
+            raise ValueError(f"model.attention_levels = {list(self.attention_levels)} must index levels 0..{levels - 1}")
+        # a field of another kind left at a non-default value is almost certainly a mistake
+        own = {"klvae": {"latent_channels", "kl_weight", "latent_scale_items"},
+               "vqvae2": {"top_channels", "top_downsample"}}
+        vq_only = {"embedding_dim", "num_embeddings", "commitment_cost", "codebook_ema", "codebook_decay",
+                   "dead_code_threshold"}
+        foreign = set().union(*(f for k, f in own.items() if k != self.kind))
+        if self.kind == "klvae":
+            foreign |= vq_only
+        changed = sorted(n for n in foreign if getattr(self, n) != type(self).model_fields[n].default)
+        if changed:
+            raise ValueError(f"model.{changed[0]} does not apply to model.kind = {self.kind!r}; remove it or change the kind")
+        return self
+
+    def factors(self, spatial_dims: int) -> tuple[int, ...]:
+        """Total per-axis downsampling factor for ``spatial_dims`` axes (incl. the vqvae2 top level)."""
+        levels = len(self.channels)
+        per_level = self.downsample or ([2] * (levels - 1) + [1 if self.kind == "klvae" else 2])
+        total = [1] * spatial_dims
+        for f in per_level:
+            axes = (f,) * spatial_dims if isinstance(f, int) else tuple(f)
+            if len(axes) != spatial_dims:
+                raise ValueError(f"model.downsample factor {list(axes)} needs {spatial_dims} values for {spatial_dims}D data")
+            total = [t * a for t, a in zip(total, axes)]
+        if self.kind == "vqvae2":
+            for f in self.top_downsample or [2] * len(self.top_channels):
+                axes = (f,) * spatial_dims if isinstance(f, int) else tuple(f)
+                total = [t * a for t, a in zip(total, axes)]
+        return tuple(total)
+
+    def model_kwargs(self, in_channels: int) -> dict:
+        """Constructor kwargs for ``build_autoencoder(kind, spatial_dims, **kwargs)``."""
+        common = dict(
+            in_channels=in_channels, channels=list(self.channels), num_res_blocks=self.num_res_blocks,
+            downsample=_listed(self.downsample), norm=self.norm, num_groups=self.num_groups,
+            attention_levels=list(self.attention_levels), mid_attention=self.mid_attention,
+            num_heads=self.num_heads, dropout=self.dropout, factorized_3d=self.factorized_3d,
+            rezero=self.rezero, upsample_mode=self.upsample_mode,
+        )
+        if self.kind == "klvae":
+            return {**common, "latent_channels": self.latent_channels, "kl_weight": self.kl_weight}
+        vq = dict(
+            embedding_dim=self.embedding_dim, num_embeddings=self.num_embeddings, commitment_cost=self.commitment_cost,
+            decay=self.codebook_decay, ema=self.codebook_ema, dead_code_threshold=self.dead_code_threshold,
+        )
+        if self.kind == "vqvae2":
+            vq.update(top_channels=list(self.top_channels), top_downsample=_listed(self.top_downsample))
+        return {**common, **vq}
+
+
+def _listed(factors):
+    return None if factors is None else [f if isinstance(f, int) else list(f) for f in factors]
+
+
+def _show(factors) -> str:
+    return str(_listed(factors))
+
+
+class TrainAESettings(Section):
+    """Settings of ``medgen train-ae``."""
+
+    data: DataSettings = Field(default_factory=DataSettings, description="Training data: a preprocessed artefact.")
+    augment: AugmentSettings = Field(default_factory=AugmentSettings, description="On-the-fly augmentation of training batches.")
+    model: AutoencoderSettings = Field(default_factory=AutoencoderSettings, description="Autoencoder architecture.")
+    loss: LossSettings = Field(default_factory=LossSettings, description="Reconstruction loss mix.")
+    adversarial: AdversarialSettings = Field(
+        default_factory=AdversarialSettings, description="Patch discriminator (VQGAN-style training)."
+    )
+    optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimizer and learning-rate schedule.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Length, validation, checkpoints, EMA, precision.")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Seed, device and threads.")
+
+    @model_validator(mode="after")
+    def _patch_fits_latent_grid(self):
+        patch = self.data.patch_size
+        if patch is not None:
+            if len(patch) not in (2, 3) or any(p < 1 for p in patch):
+                raise ValueError(f"data.patch_size = {list(patch)} needs 2 or 3 positive integers")
+            factor = self.model.factors(len(patch))
+            if any(p % f for p, f in zip(patch, factor)):
+                raise ValueError(
+                    f"data.patch_size = {list(patch)} is not divisible by the model's downsampling factor "
+                    f"{list(factor)}; choose a multiple of it"
+                )
+        if self.optim.warmup_steps >= self.train.steps and self.optim.warmup_steps > 0:
+            raise ValueError(
+                f"optim.warmup_steps = {self.optim.warmup_steps} must be below train.steps = {self.train.steps}"
+            )
+        if self.train.max_minutes is not None and not math.isfinite(self.train.max_minutes):
+            raise ValueError(f"train.max_minutes = {self.train.max_minutes} must be a finite number of minutes")
+        return self

@@ -1,0 +1,312 @@
+"""``medgen train-ae``: train a VQ-VAE, VQ-VAE-2, VQGAN or KL-VAE on a preprocessed artefact.
+
+Orchestration only: read the data artefact, build datasets (whole items or patches) and the model
+(``spatial_dims`` from the rank of the items), run the generic `Trainer` with the
+`AutoencoderTask`, and write the artefact::
+
+    ae/  manifest.json  settings.yaml
+         model.safetensors   final weights (best or last per train.select; EMA weights if enabled)
+         model.json          kind, config (rebuilds the model alone), latent_scale, data_range,
+                             intensity mapping, spatial_dims, input_shape, patch_size
+         checkpoints/        resumable checkpoints (last N + best.pt)
+         metrics.jsonl  plots/losses.png  plots/recon_XXXXXX.png
+
+Under ``torchrun`` every rank trains on its shard of the data; only rank 0 writes, the other ranks
+wait at barriers. ``resume=True`` continues ``OUT.partial`` from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import Subset
+
+from ..artefacts import ArtefactWriter, input_ref
+from ..data import ItemDataset, PatchDataset, build_augmentation, data_range, make_loader, open_store, set_epoch
+from ..errors import UsageError
+from ..io.store import store_path
+from ..models.registry import build_autoencoder, build_discriminator
+from ..settings.train import TrainAESettings
+from ..train import distributed as dist_utils
+from ..train.ae_task import AutoencoderTask, latent_scale
+from ..train.loop import Trainer
+from ..train.losses import ReconstructionLoss
+from ..train.metrics_log import plot_metrics, read_metrics
+from ..train.precision import resolve_precision, select_device
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+MODEL_JSON = "model.json"
+
+
+@dataclass
+class TrainAEResult:
+    """What ``run`` returns.
+
+    Args:
+        out: the artefact directory (written by rank 0).
+        summary: facts recorded in the manifest (steps, best step, last validation metrics, ...).
+        model: the final model (CPU, eval mode), for callers in the same process; on ranks other
+            than 0 it holds the last weights (only rank 0 validates and knows the best).
+        rank: this process's rank.
+    """
+
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+    rank: int = 0
+
+
+@dataclass
+class _Data:
+    train: Any
+    val: Any | None
+    spatial_dims: int
+    input_shape: tuple[int, ...]
+    data_range: float
+    value_range: tuple[float, float] | None
+    intensity: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------- data
+def _open_data(settings: TrainAESettings) -> tuple[_Data, Any]:
+    d = settings.data
+    if not d.path:
+        raise UsageError("no training data given; pass --data DIR (a preprocessed artefact) or set data.path.")
+    ref = input_ref(d.path, "data", "preprocessed")
+    try:
+        store = open_store(store_path(d.path, d.store))
+    except ValueError:
+        raise UsageError(f"{d.path} has no store named {d.store!r} (data.store); see `medgen inspect {d.path}`.") from None
+    try:
+        if d.patch_size:
+            train = PatchDataset(store, d.train_split, d.patch_size, seed=settings.runtime.seed)
+            shape = tuple(train.patch_size)
+        else:
+            train = ItemDataset(store, d.train_split)
+            shape = tuple(train.shape)
+        span = data_range(store, d.train_split)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    mapping = store.meta(train.ids[0]).intensity
+    value_range = (min(mapping.out_low, mapping.out_high), max(mapping.out_low, mapping.out_high)) if mapping.clip else None
+    val = _validation_set(settings, store, train)
+    return _Data(train, val, len(shape), shape, span, value_range, mapping.to_dict()), ref
+
+
+def _validation_set(settings: TrainAESettings, store: Any, train: Any) -> Any | None:
+    """The first ``val_items`` items (or fixed patches) of the validation split; training items if it is empty."""
+    d, n = settings.data, settings.train.val_items
+    split = d.val_split if d.val_split and store.ids(d.val_split) else None
+    if split is None:
+        log.warning("split %r has no items: validation scores the first %d training items instead", d.val_split, n)
+        split = d.train_split
+    if d.patch_size:
+        ds = PatchDataset(store, split, d.patch_size, seed=settings.runtime.seed + 1)  # epoch 0: fixed patches
+        return Subset(ds, range(min(n, len(ds))))
+    ids = store.ids(split)[:n]
+    ds = ItemDataset(store, ids=ids)
+    if tuple(ds.shape) != tuple(train.shape):
+        raise UsageError(f"validation items have shape {ds.shape} but training items {train.shape}; preprocess them alike.")
+    return ds
+
+
+def _check_geometry(settings: TrainAESettings, data: _Data) -> None:
+    m = settings.model
+    if m.factorized_3d and data.spatial_dims != 3:
+        raise UsageError("model.factorized_3d needs 3D items, but the data are 2D; set model.factorized_3d=false.")
+    try:
+        factor = m.factors(data.spatial_dims)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if any(s % f for s, f in zip(data.input_shape, factor)):
+        raise UsageError(
+            f"items of shape {list(data.input_shape)} are not divisible by the model's downsampling factor {list(factor)}; "
+            "preprocess with a fitting --shape, train on patches (data.patch_size) or change model.downsample."
+        )
+
+
+# ------------------------------------------------------------------------------------------ model
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _build_models(settings: TrainAESettings, spatial_dims: int) -> tuple[nn.Module, nn.Module | None]:
+    kind = settings.model.kind
+    try:
+        model = build_autoencoder(kind, spatial_dims, **settings.model.model_kwargs(in_channels=1))
+        disc = None
+        if settings.adversarial.active(kind):
+            a = settings.adversarial
+            disc = build_discriminator(spatial_dims=spatial_dims, in_channels=1, channels=a.channels,
+                                       num_layers=a.layers, norm=a.norm)
+    except ValueError as err:
+        raise UsageError(f"invalid model settings: {err}") from None
+    return model, disc
+
+
+def _write_model(partial: Path, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(partial / MODEL_FILE))
+    (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+
+
+# -------------------------------------------------------------------------------------------- run
+def run(settings: TrainAESettings, out: Path | str, *, overwrite: bool = False, resume: bool = False,
+        progress: Callable[[int, int, str], None] | None = None) -> TrainAEResult:
+    """Train an autoencoder and write the ``autoencoder`` artefact ``out``.
+
+    Args:
+        settings: resolved settings.
+        out: output directory.
+        overwrite: replace an existing ``out`` (and discard an interrupted ``out.partial``).
+        resume: continue an interrupted ``out.partial`` from its last checkpoint.
+        progress: ``progress(step, total, text)`` after every optimizer step (rank 0 only).
+    """
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    try:
+        device = select_device(settings.runtime.device, dist_utils.env_context().local_rank)
+        precision = resolve_precision(settings.train.precision, device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    ctx = dist_utils.setup(device)
+    try:
+        return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
+    finally:
+        dist_utils.cleanup(ctx)
+
+
+def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> TrainAEResult:
+    data, ref = _open_data(settings)
+    _check_geometry(settings, data)
+    _seed_everything(settings.runtime.seed)  # identical initial weights on every rank
+    model, disc = _build_models(settings, data.spatial_dims)
+    model.to(device)
+    if disc is not None:
+        disc.to(device)
+
+    # rank 0 owns the artefact; the others learn where it is
+    writer, opened = None, None
+    if ctx.is_main:
+        writer = ArtefactWriter(out, "autoencoder", settings.model_dump(mode="json"), [ref], overwrite=overwrite,
+                                resume=resume)
+        try:
+            opened = ("ok", str(writer.open()))
+        except Exception as err:
+            dist_utils.broadcast_object(("error", str(err)))  # release the other ranks, then fail here
+            raise
+    status, text = dist_utils.broadcast_object(opened)
+    if status == "error":
+        raise UsageError(text)
+    partial = Path(text)
+
+    d = settings.data
+    try:
+        loader = make_loader(data.train, d.batch_size, shuffle=True, seed=settings.runtime.seed, rank=ctx.rank,
+                             world_size=ctx.world_size, num_workers=d.num_workers, drop_last=True,
+                             pin_memory=device.type == "cuda")
+    except ValueError as err:
+        raise UsageError(f"data.batch_size = {d.batch_size}: {err}") from None
+
+    def loader_fn(epoch: int, start_batch: int):
+        set_epoch(loader, epoch, start_batch)
+        return loader
+
+    def val_batches():
+        return torch.utils.data.DataLoader(data.val, batch_size=d.batch_size, shuffle=False)
+
+    aug_opts = settings.augment.model_dump()
+    if data.value_range is not None:
+        aug_opts["fill"] = data.value_range[0]
+    augmentation = build_augmentation(data.spatial_dims, aug_opts)
+    loss = settings.loss
+    adv = settings.adversarial
+    task = AutoencoderTask(
+        dist_utils.wrap_ddp(model, device),
+        loader_fn,
+        ReconstructionLoss(data.spatial_dims, loss.l1, loss.l2, loss.ms_ssim, data.data_range),
+        device,
+        val_batches=val_batches if data.val is not None else None,
+        data_range=data.data_range,
+        value_range=data.value_range,
+        discriminator=dist_utils.wrap_ddp(disc, device) if disc is not None else None,
+        adversarial_loss=adv.loss, adversarial_weight=adv.weight, adversarial_start=adv.start_step,
+        adaptive=adv.adaptive, augmentation=augmentation.to(device) if augmentation is not None else None,
+        image_dir=partial / "plots" if ctx.is_main else None, save_images=settings.train.save_images,
+    )
+    _seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
+    trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
+    resumed = trainer.resume() if resume else False
+    log.info("training %s (%dD, input %s) on %s (%s), %d process(es)%s", settings.model.kind, data.spatial_dims,
+             list(data.input_shape), device, precision.name, ctx.world_size, ", resumed" if resumed else "")
+    state = trainer.fit()
+
+    weights, chosen_step = trainer.final_weights()
+    final = build_autoencoder(**model.config())
+    final.load_state_dict(weights)
+    final.eval()
+    result = TrainAEResult(out=out, model=final, rank=ctx.rank)
+    if ctx.is_main:
+        result.summary = _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision)
+        writer.commit(result.summary)
+        log.info("wrote %s", out)
+    dist_utils.barrier()
+    return result
+
+
+def _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision) -> dict[str, Any]:
+    """Latent scale (KL), model files and plots, and the manifest summary (rank 0)."""
+    scale, scale_stats = None, {}
+    if settings.model.kind == "klvae":
+        n = min(settings.model.latent_scale_items, len(data.train))
+        picks = np.linspace(0, len(data.train) - 1, n).round().astype(int).tolist()
+        batches = torch.utils.data.DataLoader(Subset(data.train, picks), batch_size=settings.data.batch_size)
+        final.to(device)
+        scale, scale_stats = latent_scale(final, batches, device)
+        final.cpu()
+    info = {
+        "kind": settings.model.kind,
+        "config": final.config(),
+        "latent_scale": scale,
+        "data_range": data.data_range,
+        "intensity": data.intensity,
+        "spatial_dims": data.spatial_dims,
+        "input_shape": list(data.input_shape),
+        "patch_size": list(settings.data.patch_size) if settings.data.patch_size else None,
+        "latent_shape": list(final.latent_shape(data.input_shape)),
+        "weights": "ema" if settings.train.ema else "model",
+        "step": chosen_step,
+    }
+    _write_model(partial, final.state_dict(), info)
+    records = read_metrics(partial / "metrics.jsonl") if (partial / "metrics.jsonl").exists() else []
+    plot_metrics(records, partial / "plots" / "losses.png", title=f"train-ae {settings.model.kind}")
+    last_val = next((r for r in reversed(records) if r.get("phase") == "val"), {})
+    return {
+        "kind": settings.model.kind,
+        "spatial_dims": data.spatial_dims,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "selected_step": chosen_step,
+        "best_step": state.best_step,
+        "best_ssim": state.best_value,
+        "val": {k: v for k, v in last_val.items() if k not in ("step", "phase")},
+        "minutes": round(state.elapsed / 60.0, 3),
+        "device": str(device),
+        "precision": precision.name,
+        "world_size": trainer.ctx.world_size,
+        "parameters": sum(p.numel() for p in final.parameters()),
+        "latent_scale": scale,
+        **scale_stats,
+    }
