@@ -324,3 +324,24 @@ def test_pydicom_ct_slice(tmp_path):
     assert arr.shape == (128, 128) and meta.modality == "CT" and meta.intensity.unit == "HU"
     report = cli("inspect", tmp_path / "prep")
     assert report.exit_code == 0 and "128x128" in report.output
+
+
+def test_previews_hu_warning_and_subject_csv(tmp_path, caplog):
+    paths = make_cts(tmp_path / "raw", 2, shape=(16, 16, 10))
+    mr_like = save_nifti(tmp_path / "raw" / "notct.nii.gz", np.random.default_rng(0).uniform(0, 500, (16, 16, 10)).astype(np.float32), AFFINE)
+    csv = tmp_path / "subjects.csv"
+    csv.write_text(f"path,subject\n{paths[0]},patientA\n{paths[1]},patientA\nnotct.nii.gz,patientB\n")
+    from medgen_cli.settings import PreprocessSettings, load_settings
+    from medgen_cli.steps import preprocess
+
+    settings = load_settings(PreprocessSettings, None, ["input.modality=CT"],
+                             {"input.paths": [str(p) for p in (*paths, mr_like)], "input.subject_csv": str(csv)})
+    with caplog.at_level("WARNING"):
+        result = preprocess.run(settings, tmp_path / "prep")
+    assert any("notct.nii.gz: declared CT but does not look like HU" in r.getMessage() for r in caplog.records)
+    assert result.items == {"main": 3} and not result.failed
+    store = Store.open(store_path(tmp_path / "prep"))
+    assert sorted(store.subjects()) == ["patientA", "patientB"]
+    assert store.item_attrs("ct00")["split"] == store.item_attrs("ct01")["split"]  # one subject, one split
+    png = tmp_path / "prep" / "previews" / "main.png"
+    assert png.stat().st_size > 1000 and "previews" in require(tmp_path / "prep", "preprocessed").files
