@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,7 +86,7 @@ def handled() -> Iterator[None]:
     except MedgenError as err:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted; re-run the same command to resume", EXIT_FAILED)
+        _fail("interrupted; run the same command again to resume (training steps need --resume)", EXIT_FAILED)
     except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback unless -v
         if _state["verbose"]:
             console.print_exception()
@@ -186,6 +187,45 @@ def preprocess_cmd(
             for path, reason in result.failed:
                 console.print(f"[red]failed[/] {reason if path in reason else f'{path}: {reason}'}", highlight=False)
             raise Failure(f"{len(result.failed)} input(s) failed; the other items were written", EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------------------- train-ae
+@app.command("train-ae", epilog="Example: medgen train-ae --data prep/ --out ae/ --kind vqgan --max-minutes 10")
+def train_ae_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Preprocessed artefact to train on (or data.path in --config)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    kind: Optional[str] = typer.Option(None, "--kind", help="Autoencoder: vqvae, vqvae2, vqgan or klvae."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Train a VQ-VAE, VQ-VAE-2, VQGAN or KL-VAE autoencoder (2D or 3D, from the data).
+
+    Under torchrun (torchrun --nproc_per_node=N -m medgen_cli.cli train-ae ...) it trains with DistributedDataParallel; only rank 0 writes.
+    """
+    from .settings import TrainAESettings
+    from .steps import train_ae
+
+    with handled():
+        flags = {"data.path": str(data) if data else None, "model.kind": kind, "train.steps": steps,
+                 "train.max_minutes": max_minutes, "runtime.device": device}
+        settings = _load(TrainAESettings, config, set_, flags)
+        main_rank = os.environ.get("RANK", "0") == "0"
+        if not main_rank:
+            _state["quiet"] = True  # one progress line per job, from rank 0
+        with progress_bar("train-ae") as update:
+            result = train_ae.run(settings, out, overwrite=overwrite, resume=resume, progress=update)
+        if main_rank:
+            s, val = result.summary, result.summary.get("val", {})
+            best = (f", best validation SSIM {s['best_ssim']:.3f} at step {s['best_step']}"
+                    if s.get("best_ssim") is not None else "")
+            last = f", last SSIM {val['ssim']:.3f}, PSNR {val['psnr']:.1f} dB" if "ssim" in val else ""
+            console.print(f"[green]wrote[/] {out} ({s['kind']}, {s['steps']} steps{best}{last}; "
+                          f"weights from step {s['selected_step']})")
 
 
 # ---------------------------------------------------------------------------------------- inspect

@@ -6,7 +6,10 @@ default) the codebook is updated by exponential moving averages of cluster sizes
 with Laplace smoothing (Appendix A.1 of that paper; Razavi et al. 2019); with `ema=False` it is
 learnt by gradient through the codebook loss ||sg[z] - e||^2. Codes whose EMA usage falls below
 `dead_code_threshold` are restarted on random encoder outputs of the current batch (as in
-Dhariwal et al. 2020, Jukebox).
+Dhariwal et al. 2020, Jukebox). The codebook is initialised from encoder outputs of the first
+training batch (data-dependent initialisation, as k-means-initialised codebooks do): a codebook
+that starts far from the encoder's outputs leaves most codes unused until the dead-code restarts
+reach them, which in a short run is most of the run.
 
 Quantisation always runs in float32 with autocast disabled: distances and EMA statistics are not
 safe in bf16/fp16. Under `torch.distributed`, counts and sums are all-reduced and restart picks are
@@ -98,6 +101,8 @@ class VectorQuantizer(nn.Module):
         # Usage starts at one vector per code and sums at the code itself, so an unused code keeps
         # its position (sum / size is constant under decay) instead of collapsing to zero.
         self.register_buffer("cluster_size", torch.ones(num_embeddings))
+        # set by the first training batch (see _initialise); saved with the weights
+        self.register_buffer("initialized", torch.tensor(False))
         if ema:
             self.register_buffer("embedding", init)
             self.register_buffer("embed_sum", init.clone())
@@ -156,6 +161,14 @@ class VectorQuantizer(nn.Module):
             perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
             usage = (counts > 0).float().mean()
 
+            if self.training and not bool(self.initialized):
+                self._initialise(flat.detach())
+                indices = self._nearest(flat)
+                codes = F.embedding(indices, self.embedding.float())
+                counts = torch.bincount(indices, minlength=self.num_embeddings).float()
+                loss_terms = {"commitment": self.commitment_cost * F.mse_loss(flat, codes.detach())}
+                if not self.ema:
+                    loss_terms["codebook"] = F.mse_loss(codes, flat.detach())
             if self.training:
                 self._update(flat.detach(), indices, counts)
 
@@ -184,6 +197,24 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.cluster_size + self.eps) / (total + self.num_embeddings * self.eps) * total
             self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(1))
         self._restart_dead_codes(flat)
+
+    @torch.no_grad()
+    def _initialise(self, flat: Tensor) -> None:
+        """Codebook := random distinct encoder outputs of this batch (rank 0's, under DDP)."""
+        n = flat.shape[0]
+        if n >= self.num_embeddings:
+            picks = flat[torch.randperm(n, device=flat.device)[: self.num_embeddings]]
+        else:  # fewer vectors than codes: repeat them with a little jitter so codes stay distinct
+            picks = flat[torch.randint(n, (self.num_embeddings,), device=flat.device)]
+            picks = picks + 1e-3 * picks.std().clamp_min(1e-6) * torch.randn_like(picks)
+        picks = picks.contiguous()
+        if _distributed():
+            dist.broadcast(picks, src=0)
+        self.embedding.data.copy_(picks.to(self.embedding.dtype))
+        if self.ema:
+            self.embed_sum.copy_(picks)
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor) -> None:

@@ -11,6 +11,9 @@ from ..io.store import Store
 KEY_SETTINGS = {
     "preprocessed": ["mode.kind", "geometry.orientation", "geometry.spacing", "geometry.fit", "geometry.shape",
                      "intensity.normalize", "intensity.window", "store.dtype", "store.compressor", "derive.outputs"],
+    "autoencoder": ["model.kind", "model.channels", "model.num_res_blocks", "model.downsample", "model.num_embeddings",
+                    "model.embedding_dim", "model.latent_channels", "loss.l1", "loss.l2", "loss.ms_ssim",
+                    "adversarial.enabled", "optim.lr", "train.steps", "train.max_minutes", "train.select"],
 }
 
 
@@ -86,12 +89,28 @@ def render(report: dict[str, Any], console) -> None:
         table.add_row("spacing (mm)", f"{st['spacing_min']} .. {st['spacing_max']}")
         table.add_row("size on disk", f"{_size(st['bytes_stored'])} ({_size(st['bytes_raw'])} raw, ratio {st['compression_ratio']})")
         console.print(table)
+    facts = {k: v for k, v in _flatten(report["summary"]).items() if k != "failed" and not isinstance(v, (list, dict))}
+    if facts:
+        table = Table(title="summary", show_header=False, title_justify="left")
+        for k, v in facts.items():
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(table)
     failed = report["summary"].get("failed") or []
     for path, reason in failed:
         console.print(f"[red]failed input[/] {path}: {reason}", highlight=False)
     tree = Tree("lineage")
     _add_lineage(tree, report["lineage"])
     console.print(tree)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k not in ("splits",):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _add_lineage(tree, node: dict[str, Any]) -> None:

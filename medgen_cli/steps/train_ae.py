@@ -17,16 +17,13 @@ wait at barriers. ``resume=True`` continues ``OUT.partial`` from its last checkp
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
@@ -40,13 +37,11 @@ from ..train import distributed as dist_utils
 from ..train.ae_task import AutoencoderTask, latent_scale
 from ..train.loop import Trainer
 from ..train.losses import ReconstructionLoss
-from ..train.metrics_log import plot_metrics, read_metrics
-from ..train.precision import resolve_precision, select_device
+from ._training import MODEL_FILE, MODEL_JSON, finish_metrics, open_on_main, seed_everything, training_runtime, write_model
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
-MODEL_JSON = "model.json"
+__all__ = ["MODEL_FILE", "MODEL_JSON", "TrainAEResult", "run"]
 
 
 @dataclass
@@ -55,7 +50,8 @@ class TrainAEResult:
 
     Args:
         out: the artefact directory (written by rank 0).
-        summary: facts recorded in the manifest (steps, best step, last validation metrics, ...).
+        summary: facts recorded in the manifest (steps, best step, last validation metrics, ...);
+            empty on ranks other than 0.
         model: the final model (CPU, eval mode), for callers in the same process; on ranks other
             than 0 it holds the last weights (only rank 0 validates and knows the best).
         rank: this process's rank.
@@ -76,6 +72,7 @@ class _Data:
     data_range: float
     value_range: tuple[float, float] | None
     intensity: dict[str, Any]
+    meta_of: Any  # item id -> ImageMeta
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -101,7 +98,7 @@ def _open_data(settings: TrainAESettings) -> tuple[_Data, Any]:
     mapping = store.meta(train.ids[0]).intensity
     value_range = (min(mapping.out_low, mapping.out_high), max(mapping.out_low, mapping.out_high)) if mapping.clip else None
     val = _validation_set(settings, store, train)
-    return _Data(train, val, len(shape), shape, span, value_range, mapping.to_dict()), ref
+    return _Data(train, val, len(shape), shape, span, value_range, mapping.to_dict(), store.meta), ref
 
 
 def _validation_set(settings: TrainAESettings, store: Any, train: Any) -> Any | None:
@@ -137,12 +134,6 @@ def _check_geometry(settings: TrainAESettings, data: _Data) -> None:
 
 
 # ------------------------------------------------------------------------------------------ model
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def _build_models(settings: TrainAESettings, spatial_dims: int) -> tuple[nn.Module, nn.Module | None]:
     kind = settings.model.kind
     try:
@@ -157,11 +148,6 @@ def _build_models(settings: TrainAESettings, spatial_dims: int) -> tuple[nn.Modu
     return model, disc
 
 
-def _write_model(partial: Path, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(partial / MODEL_FILE))
-    (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
-
-
 # -------------------------------------------------------------------------------------------- run
 def run(settings: TrainAESettings, out: Path | str, *, overwrite: bool = False, resume: bool = False,
         progress: Callable[[int, int, str], None] | None = None) -> TrainAEResult:
@@ -174,43 +160,24 @@ def run(settings: TrainAESettings, out: Path | str, *, overwrite: bool = False, 
         resume: continue an interrupted ``out.partial`` from its last checkpoint.
         progress: ``progress(step, total, text)`` after every optimizer step (rank 0 only).
     """
-    if settings.runtime.threads:
-        torch.set_num_threads(settings.runtime.threads)
-    try:
-        device = select_device(settings.runtime.device, dist_utils.env_context().local_rank)
-        precision = resolve_precision(settings.train.precision, device)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    ctx = dist_utils.setup(device)
-    try:
+    with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads) as (
+            ctx, device, precision):
         return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
-    finally:
-        dist_utils.cleanup(ctx)
 
 
 def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> TrainAEResult:
     data, ref = _open_data(settings)
     _check_geometry(settings, data)
-    _seed_everything(settings.runtime.seed)  # identical initial weights on every rank
+    seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     model, disc = _build_models(settings, data.spatial_dims)
     model.to(device)
     if disc is not None:
         disc.to(device)
 
     # rank 0 owns the artefact; the others learn where it is
-    writer, opened = None, None
-    if ctx.is_main:
-        writer = ArtefactWriter(out, "autoencoder", settings.model_dump(mode="json"), [ref], overwrite=overwrite,
-                                resume=resume)
-        try:
-            opened = ("ok", str(writer.open()))
-        except Exception as err:
-            dist_utils.broadcast_object(("error", str(err)))  # release the other ranks, then fail here
-            raise
-    status, text = dist_utils.broadcast_object(opened)
-    if status == "error":
-        raise UsageError(text)
-    partial = Path(text)
+    writer = ArtefactWriter(out, "autoencoder", settings.model_dump(mode="json"), [ref], overwrite=overwrite,
+                            resume=resume) if ctx.is_main else None
+    partial = open_on_main(ctx, writer)
 
     d = settings.data
     try:
@@ -245,8 +212,9 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         adversarial_loss=adv.loss, adversarial_weight=adv.weight, adversarial_start=adv.start_step,
         adaptive=adv.adaptive, augmentation=augmentation.to(device) if augmentation is not None else None,
         image_dir=partial / "plots" if ctx.is_main else None, save_images=settings.train.save_images,
+        meta_of=data.meta_of,
     )
-    _seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
+    seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
     trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
     resumed = trainer.resume() if resume else False
     log.info("training %s (%dD, input %s) on %s (%s), %d process(es)%s", settings.model.kind, data.spatial_dims,
@@ -289,10 +257,8 @@ def _finish(settings, data, partial, final, trainer, state, chosen_step, device,
         "weights": "ema" if settings.train.ema else "model",
         "step": chosen_step,
     }
-    _write_model(partial, final.state_dict(), info)
-    records = read_metrics(partial / "metrics.jsonl") if (partial / "metrics.jsonl").exists() else []
-    plot_metrics(records, partial / "plots" / "losses.png", title=f"train-ae {settings.model.kind}")
-    last_val = next((r for r in reversed(records) if r.get("phase") == "val"), {})
+    write_model(partial, final.state_dict(), info)
+    last_val = finish_metrics(partial)
     return {
         "kind": settings.model.kind,
         "spatial_dims": data.spatial_dims,
@@ -301,7 +267,7 @@ def _finish(settings, data, partial, final, trainer, state, chosen_step, device,
         "selected_step": chosen_step,
         "best_step": state.best_step,
         "best_ssim": state.best_value,
-        "val": {k: v for k, v in last_val.items() if k not in ("step", "phase")},
+        "val": last_val,
         "minutes": round(state.elapsed / 60.0, 3),
         "device": str(device),
         "precision": precision.name,

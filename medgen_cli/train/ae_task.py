@@ -32,7 +32,6 @@ from ..models.discriminator import (
 )
 from .distributed import unwrap
 from .losses import ReconstructionLoss, psnr, ssim
-from .visual import save_reconstructions
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,8 @@ class AutoencoderTask:
                  data_range: float = 2.0, value_range: tuple[float, float] | None = None,
                  discriminator: nn.Module | None = None, adversarial_loss: str = "hinge",
                  adversarial_weight: float = 0.5, adversarial_start: int = 0, adaptive: bool = True,
-                 augmentation: nn.Module | None = None, image_dir: Path | None = None, save_images: int = 4):
+                 augmentation: nn.Module | None = None, image_dir: Path | None = None, save_images: int = 4,
+                 meta_of: Callable[[str], Any] | None = None):
         if adversarial_loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial_loss={adversarial_loss!r} must be one of {sorted(ADVERSARIAL_LOSSES)}")
         self.modules: dict[str, nn.Module] = {"model": model}
@@ -101,6 +101,7 @@ class AutoencoderTask:
         self.augmentation = augmentation
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.save_images = save_images
+        self.meta_of = meta_of  # item id -> ImageMeta, to orient the pictures radiologically
 
     # ------------------------------------------------------------------------------------ train
     def train_batches(self, epoch: int, start_batch: int) -> Iterable[dict]:
@@ -144,7 +145,7 @@ class AutoencoderTask:
         sums = {"ssim": 0.0, "psnr": 0.0, "l1": 0.0, "mse": 0.0}
         n = 0
         counts: dict[str, Tensor] = {}
-        shown: list[tuple[Tensor, Tensor]] = []
+        shown: list[tuple[Tensor, Tensor, str]] = []
         num_codes = model.config().get("num_embeddings") if model.is_vq else None
         for batch in self.val_batches():
             x = batch["image"].to(self.device)
@@ -160,7 +161,8 @@ class AutoencoderTask:
                 counts[level] = counts[level] + c if level in counts else c
             if len(shown) < self.save_images:
                 k = self.save_images - len(shown)
-                shown.extend(zip(x[:k].cpu(), recon[:k].cpu()))
+                ids = batch.get("id", [""] * x.shape[0])
+                shown.extend(zip(x[:k].cpu(), recon[:k].cpu(), ids[:k]))
         if n == 0:
             return {}
         metrics = {k: v / n for k, v in sums.items()}
@@ -170,9 +172,13 @@ class AutoencoderTask:
             metrics[f"perplexity{suffix}"] = float(torch.exp(-(p * torch.log(p + 1e-12)).sum()))
             metrics[f"codebook_usage{suffix}"] = float((c > 0).double().mean())
         if shown and self.image_dir is not None:
-            xs, ys = (torch.stack(t) for t in zip(*shown))
-            save_reconstructions(xs, ys, self.image_dir / f"recon_{step:06d}.png", self.value_range,
-                                 title=f"step {step}: SSIM {metrics['ssim']:.3f}, PSNR {metrics['psnr']:.1f} dB")
+            from ..viz import reconstruction_grid
+
+            lo, hi = self.value_range if self.value_range is not None else (None, None)
+            metas = [self.meta_of(i) if self.meta_of and i else None for _, _, i in shown]
+            reconstruction_grid(self.image_dir / f"recon_{step:06d}.png", [x[0].numpy() for x, _, _ in shown],
+                                [y[0].numpy() for _, y, _ in shown], metas=metas if all(metas) else None,
+                                vmin=lo, vmax=hi, labels=[i or str(n) for n, (_, _, i) in enumerate(shown)])
         return metrics
 
 

@@ -28,7 +28,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +73,8 @@ class TrainState:
     best_value: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
+    log_sums: dict[str, float] = field(default_factory=dict)  # training logs since the last record
+    log_counts: dict[str, int] = field(default_factory=dict)
 
 
 def build_optimizer(params: Iterable[nn.Parameter], optim: OptimSettings) -> torch.optim.Optimizer:
@@ -291,8 +293,7 @@ class Trainer:
         total = self.train.steps
         budget = self.train.max_minutes * 60.0 if self.train.max_minutes else None
         batches = self._batches()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        sums, counts = self.state.log_sums, self.state.log_counts
         clock = time.monotonic()
         rate_clock, rate_steps = clock, 0
         while self.state.step < total:
@@ -310,7 +311,8 @@ class Trainer:
             last = step >= total or out_of_time
             if step % self.train.log_every == 0 or last:
                 self.metrics.write(step, "train", {k: v / counts[k] for k, v in sums.items()} | {"elapsed_s": self.state.elapsed})
-                sums, counts = {}, {}
+                sums.clear()
+                counts.clear()
             if (self.train.val_every and step % self.train.val_every == 0) or last:
                 metrics = self._validate()
                 if metrics:

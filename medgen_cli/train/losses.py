@@ -6,9 +6,11 @@ by ``20 log10(ratio)`` dB.
 
 MS-SSIM: in 2D kornia's ``MS_SSIMLoss`` (Zhao et al. 2017: Gaussian windows of several sigmas at
 full resolution) with ``alpha=1`` and no compensation, i.e. exactly ``1 - MS-SSIM``; sigmas whose
-window would not fit the image are dropped. kornia has no 3D MS-SSIM, so 3D uses a documented
-fallback: ``1 -`` the mean of kornia's ``ssim3d`` (window 7, reflect padding) over a dyadic
-average-pooling pyramid of up to three scales (Wang et al. 2003's pyramid, equal weights).
+window is wider than half the image are dropped (0.5..4 at 64^2, all five from 66^2 up).
+
+kornia has no 3D MS-SSIM, so 3D uses a documented fallback: ``1 -`` the mean of kornia's
+``ssim3d`` (window 7, reflect padding) over a dyadic average-pooling pyramid of up to three
+scales (Wang et al. 2003's pyramid, equal weights).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..metrics import image as image_metrics
 
 MS_SSIM_SIGMAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 SSIM3D_WINDOW = 7
@@ -68,7 +72,8 @@ class ReconstructionLoss(nn.Module):
 
     def _ms_ssim_2d(self, min_size: int) -> nn.Module:
         if min_size not in self._ms_ssim:
-            sigmas = tuple(s for s in MS_SSIM_SIGMAS if 2 * int(2 * s) + 1 <= min_size) or (0.5,)
+            # windows wider than half the image mostly see kornia's zero padding, and cost the most
+            sigmas = tuple(s for s in MS_SSIM_SIGMAS if 2 * int(2 * s) + 1 <= max(3, min_size // 2)) or (0.5,)
             self._ms_ssim[min_size] = kornia.losses.MS_SSIMLoss(
                 sigmas=sigmas, data_range=self.data_range, alpha=1.0, compensation=1.0
             )
@@ -98,20 +103,13 @@ class ReconstructionLoss(nn.Module):
 # ------------------------------------------------------------------------------------------ metrics
 @torch.no_grad()
 def psnr(x: Tensor, y: Tensor, data_range: float) -> Tensor:
-    """PSNR in dB per item (B,), with peak ``data_range`` (kornia.metrics.psnr on each item)."""
-    if not data_range > 0:
-        raise ValueError(f"data_range={data_range} must be positive")
-    return torch.stack([kornia.metrics.psnr(a.float(), b.float(), data_range) for a, b in zip(x, y)])
+    """PSNR in dB per item (B,) with peak ``data_range`` (the same function ``evaluate`` uses)."""
+    return image_metrics.psnr(x, y, data_range).float()
 
 
 @torch.no_grad()
 def ssim(x: Tensor, y: Tensor, data_range: float, window: int = 11) -> Tensor:
-    """Mean SSIM per item (B,) on ``data_range`` (kornia ``ssim`` in 2D, ``ssim3d`` in 3D).
-
-    The Gaussian window shrinks to the largest odd size that fits small images.
-    """
-    if not data_range > 0:
-        raise ValueError(f"data_range={data_range} must be positive")
+    """Mean SSIM per item (B,) on ``data_range``, as ``evaluate`` computes it (valid windows,
+    equal to scikit-image); the Gaussian window shrinks to the largest odd size that fits."""
     window = _largest_odd(min(x.shape[2:]), window)
-    fn = kornia.metrics.ssim if x.ndim == 4 else kornia.metrics.ssim3d
-    return fn(x.float(), y.float(), window, max_val=data_range).flatten(1).mean(1)
+    return image_metrics.ssim(x, y, data_range, window_size=window).float()

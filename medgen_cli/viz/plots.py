@@ -66,7 +66,7 @@ def plot_metrics(jsonl_path: Path | str, png_path: Path | str, keys: Sequence[st
     if not records:
         raise ValueError(f"metrics file {jsonl_path} holds no records with a step")
     found = list(dict.fromkeys(k for r in records for k, v in r.items()
-                               if k not in ("step", "phase") and _number(v) is not None))
+                               if k not in ("step", "phase", "elapsed_s") and _number(v) is not None))
     if keys is None:
         keys = found[:MAX_PANELS]
     else:

@@ -24,7 +24,27 @@ def make_quantizer(**kwargs):
         vq.embedding.copy_(CODEBOOK)
         if vq.ema:
             vq.embed_sum.copy_(CODEBOOK)  # initial state: usage 1 per code, sum = code
+        vq.initialized.fill_(True)  # a given codebook: no data-dependent initialisation
     return vq
+
+
+def test_first_training_batch_initialises_the_codebook_from_encoder_outputs():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3).train()
+    z = torch.randn(2, 3, 4, 4) * 5 + 10  # far from the tiny uniform initial codebook
+    vq(z)
+    flat = z.movedim(1, -1).reshape(-1, 3)
+    # every code is one of the batch's vectors (then moved by one EMA step towards its cluster)
+    assert bool(vq.initialized)
+    assert vq.cluster_size.numel() == 8 and (vq.embedding.mean() - 10).abs() < 3
+    out = vq.eval()(z)
+    assert out.usage > 0.5  # most codes are in use at once, not only after dead-code restarts
+    before = vq.embedding.clone()
+    vq.train()(z)  # initialised once only
+    assert torch.cdist(vq.embedding, before).diagonal().max() < 5
+    # the flag is saved with the weights, so a loaded model is not re-initialised
+    assert "initialized" in vq.state_dict()
+    assert min(float(torch.cdist(c[None], flat).min()) for c in before) < 5
 
 
 def test_ema_update_matches_hand_computation():
@@ -78,6 +98,7 @@ def test_straight_through_gradient_and_inverse():
 def test_dead_code_restarted_on_encoder_output(ema):
     torch.manual_seed(0)
     vq = VectorQuantizer(4, 2, decay=0.9, dead_code_threshold=0.95, ema=ema).train()
+    vq.initialized.fill_(True)
     with torch.no_grad():
         vq.embedding.copy_(torch.cat([CODEBOOK, torch.tensor([[100.0, 100.0]])]))
         if ema:
@@ -95,6 +116,7 @@ def test_dead_code_restarted_on_encoder_output(ema):
 def test_codebook_loss_variant_trains_codebook():
     torch.manual_seed(0)
     vq = VectorQuantizer(8, 4, ema=False, dead_code_threshold=0.0).train()
+    vq.initialized.fill_(True)
     out = vq(torch.randn(2, 4, 4, 4))
     assert set(out.loss_terms) == {"commitment", "codebook"}
     sum(out.loss_terms.values()).backward()
@@ -132,9 +154,13 @@ def _ddp_worker(rank, world_size, store_path, vectors, result_path):
         with torch.no_grad():
             vq.embedding.copy_(torch.cat([CODEBOOK, torch.tensor([[100.0, 100.0]])]))
             vq.embed_sum.copy_(vq.embedding)
+            vq.initialized.fill_(True)
         half = vectors[:3] if rank == 0 else vectors[3:]
         vq.train()(as_map(half))
         torch.save({k: v.clone() for k, v in vq.state_dict().items()}, f"{result_path}.{rank}")
+        fresh = VectorQuantizer(4, 2).train()  # data-dependent init from different batches per rank
+        fresh(as_map(half))
+        torch.save({k: v.clone() for k, v in fresh.state_dict().items()}, f"{result_path}.fresh{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -147,10 +173,14 @@ def test_distributed_ranks_keep_identical_codebooks(tmp_path):
     s0, s1 = torch.load(f"{result}.0"), torch.load(f"{result}.1")
     for key in s0:
         torch.testing.assert_close(s0[key], s1[key])
+    f0, f1 = torch.load(f"{result}.fresh0"), torch.load(f"{result}.fresh1")
+    for key in f0:  # the initial codebook is rank 0's pick on every rank
+        torch.testing.assert_close(f0[key], f1[key])
     single = VectorQuantizer(4, 2, decay=0.5, eps=0.5, dead_code_threshold=0.0)
     with torch.no_grad():
         single.embedding.copy_(torch.cat([CODEBOOK, torch.tensor([[100.0, 100.0]])]))
         single.embed_sum.copy_(single.embedding)
+        single.initialized.fill_(True)
     single.train()(as_map(VECTORS))
     torch.testing.assert_close(s0["embedding"][:3], single.embedding[:3])
     assert math.isclose(s0["cluster_size"][3].item(), 1.0)  # restarted identically on both ranks
