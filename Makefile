@@ -10,7 +10,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints-cpu.txt torch
-	$(PIP) install -q -c constraints-cpu.txt -e '.[dev]'
+	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,onnx]'
 	@$(VENV)/bin/medgen --version
 
 # Real images that ship inside PyPI packages, cached outside the source tree (never committed).

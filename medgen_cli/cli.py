@@ -228,6 +228,216 @@ def train_ae_cmd(
                           f"weights from step {s['selected_step']})")
 
 
+# --------------------------------------------------------------------------------- encode-latents
+@app.command("encode-latents", epilog="Example: medgen encode-latents --ae ae/ --data prep/ --out lat/")
+def encode_latents_cmd(
+    ae: Optional[Path] = typer.Option(None, "--ae", help="Autoencoder artefact to encode with (or ae in --config)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Preprocessed artefact whose items are encoded (all splits)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    store: Optional[str] = typer.Option(None, "--store", help="Store of the data artefact: main (default) or a derived one, e.g. drr."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per forward pass."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="KL latents: float32 or float16 (VQ codes are always int16)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Encode every item of a store with a trained autoencoder: int16 codes (VQ) or scaled posterior means (KL).
+
+    Re-running the same command resumes an interrupted run.
+    """
+    from .settings import EncodeSettings
+    from .steps import encode_latents
+
+    with handled():
+        flags = {"ae": str(ae) if ae else None, "data": str(data) if data else None, "store": store,
+                 "batch_size": batch_size, "dtype": dtype, "runtime.device": device}
+        settings = _load(EncodeSettings, config, set_, flags)
+        with progress_bar("encode-latents") as update:
+            result = encode_latents.run(settings, out, overwrite=overwrite, progress=update)
+        s = result.summary
+        what = (f"grids of {s['num_embeddings']} codes" if s["is_vq"]
+                else f"{s['latent_channels']}-channel latents x {s['latent_scale']:.4g}")
+        resumed = f", {result.skipped} resumed" if result.skipped else ""
+        console.print(f"[green]wrote[/] {out} ({s['items']} items: {s['ae_kind']} {what}, grid {s['grid_shape']}{resumed})")
+
+
+# ------------------------------------------------------------------------------------ train-prior
+@app.command("train-prior", epilog="Example: medgen train-prior --latents lat/ --out prior/ --kind transformer --condition lat_xray/")
+def train_prior_cmd(
+    latents: Optional[Path] = typer.Option(None, "--latents", "-l", help="Latents artefact to train on (or data.path in --config)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    kind: Optional[str] = typer.Option(None, "--kind", help="Prior: transformer, maskgit or pixelcnn."),
+    condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Latents artefact joined by subject as a prefix (repeatable)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Item attribute whose values are class labels, e.g. view."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Train a prior (causal transformer, MaskGIT or gated PixelCNN) over the codes of encode-latents.
+
+    Under torchrun (torchrun --nproc_per_node=N -m medgen_cli.cli train-prior ...) it trains with DistributedDataParallel; only rank 0 writes.
+    """
+    from .settings import TrainPriorSettings
+    from .steps import train_prior
+
+    with handled():
+        flags = {"data.path": str(latents) if latents else None, "prior.kind": kind,
+                 "condition.paths": [str(c) for c in condition] if condition else None, "condition.label": label,
+                 "train.steps": steps, "train.max_minutes": max_minutes, "runtime.device": device}
+        settings = _load(TrainPriorSettings, config, set_, flags)
+        main_rank = os.environ.get("RANK", "0") == "0"
+        if not main_rank:
+            _state["quiet"] = True  # one progress line per job, from rank 0
+        with progress_bar("train-prior") as update:
+            result = train_prior.run(settings, out, overwrite=overwrite, resume=resume, progress=update)
+        if main_rank:
+            s, val = result.summary, result.summary.get("val", {})
+            best = (f", best validation loss {s['best_loss']:.4f} at step {s['best_step']}"
+                    if s.get("best_loss") is not None else "")
+            bits = f", {val['bits_per_token']:.3f} bits/token" if "bits_per_token" in val else ""
+            console.print(f"[green]wrote[/] {out} ({s['kind']} over {s['grid_shape']} codes, {s['steps']} steps{best}{bits}; "
+                          f"weights from step {s['selected_step']})")
+
+
+# ----------------------------------------------------------------------------------------- sample
+@app.command("sample", epilog="Example: medgen sample --prior prior/ --out samples/ -n 16 --top-k 50")
+def sample_cmd(
+    prior: Optional[Path] = typer.Option(None, "--prior", "-p", help="Prior artefact to sample from (or prior in --config)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    num_samples: Optional[int] = typer.Option(None, "-n", "--num-samples", help="Samples to draw (per subject when conditional)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; the same seed gives the same samples."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="greedy, top-k, top-p, multinomial or maskgit (default: top-k with --top-k, top-p with --top-p, else multinomial)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Draw among the K most likely tokens (alone it implies --strategy top-k)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Draw from the smallest set of tokens whose probability reaches P."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Divide the logits by T (0 = greedy)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="MaskGIT decoding iterations."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples drawn at once."),
+    condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Condition latents artefact (default: those the prior was trained with; repeatable)."),
+    subject: Optional[str] = typer.Option(None, "--subject", help="Generate for this subject's condition items."),
+    all_subjects: bool = typer.Option(False, "--all", help="Generate for every subject of the condition artefacts."),
+    label: Optional[str] = typer.Option(None, "--label", help="Class label for label-conditioned priors."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Draw samples from a prior and decode them with its autoencoder (found through the lineage).
+
+    Writes samples.zarr, the sampled codes, NIfTI files in physical units and PNG previews. Re-running the same command resumes an interrupted run.
+    """
+    from .settings import SampleSettings
+    from .steps import sample
+
+    with handled():
+        flags = {"prior": str(prior) if prior else None, "num_samples": num_samples, "runtime.seed": seed,
+                 "sampler.strategy": strategy, "sampler.top_k": top_k, "sampler.top_p": top_p,
+                 "sampler.temperature": temperature, "sampler.steps": steps, "batch_size": batch_size,
+                 "condition.paths": [str(c) for c in condition] if condition else None,
+                 "condition.subject": subject, "condition.all_subjects": True if all_subjects else None,
+                 "condition.label": label, "runtime.device": device}
+        settings = _load(SampleSettings, config, set_, flags)
+        with progress_bar("sample") as update:
+            result = sample.run(settings, out, overwrite=overwrite, progress=update)
+        s = result.summary
+        subjects = f" for {len(s['subjects'])} subject(s)" if s["subjects"] else ""
+        console.print(f"[green]wrote[/] {out} ({s['samples']} samples of shape {s['shape']}{subjects}, "
+                      f"{s['prior_kind']} prior, {s['strategy']}, seed {s['seed']})")
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+@app.command("evaluate", epilog="Example: medgen evaluate --ae ae/ --data prep/ --split test --out eval/ ; "
+             "medgen evaluate --samples samples/ --data prep/ --out eval_s/")
+def evaluate_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    ae: Optional[Path] = typer.Option(None, "--ae", help="Autoencoder artefact: reconstruction metrics of --data (for --samples: overrides the one in the lineage)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Preprocessed artefact with the real items."),
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Samples artefact: distances, diversity and memorisation (with --data), paired metrics (with --target)."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Preprocessed artefact with the ground truth of conditional samples, joined by subject id."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of the real items (default: test with --ae, train with --samples, every split with --target)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store of --data: main or a derived one."),
+    target_store: Optional[str] = typer.Option(None, "--target-store", help="Store of --target."),
+    axis: Optional[int] = typer.Option(None, "--axis", help="Spatial axis of slice-wise SSIM for volumes: 0, 1 or 2."),
+    max_pictures: Optional[int] = typer.Option(None, "--max-pictures", help="Items pictured (strips, views, MIPs, error maps)."),
+    threshold: Optional[float] = typer.Option(None, "--memorisation-threshold", help="SSIM to the nearest training item above which a sample is flagged."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Score an autoencoder's reconstructions, or samples: distances, diversity, memorisation, paired metrics."""
+    from rich.table import Table
+
+    from .settings import EvaluateSettings
+    from .steps import evaluate
+
+    with handled():
+        paths = {"ae": ae, "data": data, "samples": samples, "target": target}
+        flags = {**{k: str(v) if v else None for k, v in paths.items()}, "split": split, "store": store,
+                 "target_store": target_store, "axis": axis, "max_pictures": max_pictures,
+                 "memorisation_threshold": threshold, "runtime.device": device}
+        settings = _load(EvaluateSettings, config, set_, flags)
+        with progress_bar("evaluate") as update:
+            result = evaluate.run(settings, out, overwrite=overwrite, progress=update)
+        table = Table(title=f"{result.mode} metrics")
+        for column in ("section", "metric", "value"):
+            table.add_column(column)
+        for row in result.rows:
+            table.add_row(*row)
+        out_console.print(table)
+        flagged = result.metrics.get("memorisation", {}).get("flagged", 0)
+        if flagged:
+            console.print(f"[bold yellow]{flagged} sample(s) look like copies of training items[/]; "
+                          f"see {out / 'memorisation.csv'} and {out / 'pictures' / 'memorisation'}")
+        console.print(f"[green]wrote[/] {out}")
+
+
+# ------------------------------------------------------------------------------------------ export
+@app.command("export", epilog="Example: medgen export samples/ --format nifti --out nii/ ; "
+             "medgen export ae/ --format onnx --out ae_onnx/")
+def export_cmd(
+    source: Path = typer.Argument(..., help="Preprocessed, samples or latents (with --decode) artefact; an autoencoder for model formats."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="nifti, nrrd, mha, dicom or png; torchscript, onnx or safetensors for models."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store to export (default: main; samples for a samples artefact)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Export only this split."),
+    items: Optional[str] = typer.Option(None, "--items", help="Export only these item ids, e.g. id1,id2."),
+    decode: bool = typer.Option(False, "--decode", help="Decode latents to images through their autoencoder."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps (decoding latents)."),
+    config: Optional[Path] = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    """Write a store's items as NIfTI, NRRD, MHA, DICOM or PNG, or an autoencoder as TorchScript, ONNX or safetensors."""
+    from rich.table import Table
+
+    from .settings import ExportSettings
+    from .steps import export
+
+    with handled():
+        flags = {"source": str(source), "format": fmt, "store": store, "split": split, "items": items,
+                 "decode": decode or None, "runtime.device": device}
+        settings = _load(ExportSettings, config, set_, flags)
+        with progress_bar("export") as update:
+            result = export.run(settings, out, overwrite=overwrite, progress=update)
+        s = result.summary
+        if "modules" in s:
+            table = Table(title=f"{s['format']} export of {s['source']}")
+            for column in ("module", "file", "max |difference| to PyTorch"):
+                table.add_column(column)
+            for m in s["modules"]:
+                table.add_row(m["name"], m["file"], f"{m['max_abs_diff']:.2e}")
+            out_console.print(table)
+            console.print(f"[green]wrote[/] {out} (every module within {s['tolerance']:g} of PyTorch)")
+        else:
+            synthetic = f", {s['synthetic']} marked synthetic" if s["synthetic"] else ""
+            console.print(f"[green]wrote[/] {out} ({s['items']} item(s) as {s['format']}{synthetic})")
+
+
 # ---------------------------------------------------------------------------------------- inspect
 @app.command("inspect", epilog="Example: medgen inspect prep/ --json")
 def inspect_cmd(

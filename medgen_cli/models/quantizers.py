@@ -120,7 +120,7 @@ class VectorQuantizer(nn.Module):
     def _flatten(self, z: Tensor) -> Tensor:
         if z.ndim < 3 or z.shape[1] != self.embedding_dim:
             raise ValueError(f"expected (B, {self.embedding_dim}, *spatial) latents, got {tuple(z.shape)}")
-        return z.movedim(1, -1).reshape(-1, self.embedding_dim)  # (N, D)
+        return z.movedim(1, z.ndim - 1).reshape(-1, self.embedding_dim)  # (N, D); dims >= 0 for ONNX
 
     def _nearest(self, flat: Tensor) -> Tensor:
         codebook = self.embedding.detach().float()
@@ -144,7 +144,7 @@ class VectorQuantizer(nn.Module):
         if indices.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
             raise ValueError(f"indices must be an integer tensor, got dtype {indices.dtype}")
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            return F.embedding(indices.long(), self.embedding.float()).movedim(-1, 1)
+            return F.embedding(indices.long(), self.embedding.float()).movedim(indices.ndim, 1)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -172,7 +172,7 @@ class VectorQuantizer(nn.Module):
             if self.training:
                 self._update(flat.detach(), indices, counts)
 
-            codes = codes.reshape(z.shape[0], *z.shape[2:], self.embedding_dim).movedim(-1, 1)
+            codes = codes.reshape(z.shape[0], *z.shape[2:], self.embedding_dim).movedim(z.ndim - 1, 1)
             quantized = z + (codes - z).detach()  # straight-through estimator
         return QuantizerOutput(
             quantized=quantized,

@@ -38,12 +38,12 @@ log = logging.getLogger(__name__)
 ADVERSARIAL_LOSSES = {"hinge": (hinge_g_loss, hinge_d_loss), "nonsaturating": (nonsaturating_g_loss, nonsaturating_d_loss)}
 
 
-def _reconstruct(model: nn.Module, x: Tensor) -> Any:
+def reconstruct(model: nn.Module, x: Tensor) -> Any:
     """Deterministic forward pass: VQ models in eval mode, KL models from the posterior mean."""
     return model(x) if model.is_vq else model(x, sample_posterior=False)
 
 
-def _index_levels(indices: Any) -> list[tuple[str, Tensor]]:
+def index_levels(indices: Any) -> list[tuple[str, Tensor]]:
     if indices is None:
         return []
     if isinstance(indices, (tuple, list)):
@@ -149,14 +149,14 @@ class AutoencoderTask:
         num_codes = model.config().get("num_embeddings") if model.is_vq else None
         for batch in self.val_batches():
             x = batch["image"].to(self.device)
-            out = _reconstruct(model, x)
+            out = reconstruct(model, x)
             recon = out.reconstruction.float()
             sums["ssim"] += float(ssim(recon, x, self.data_range).sum())
             sums["psnr"] += float(psnr(recon, x, self.data_range).sum())
             sums["l1"] += float((recon - x).abs().flatten(1).mean(1).sum())
             sums["mse"] += float((recon - x).pow(2).flatten(1).mean(1).sum())
             n += x.shape[0]
-            for level, idx in _index_levels(out.indices):
+            for level, idx in index_levels(out.indices):
                 c = torch.bincount(idx.flatten().cpu(), minlength=num_codes).double()
                 counts[level] = counts[level] + c if level in counts else c
             if len(shown) < self.save_images:

@@ -20,7 +20,7 @@ def test_version_and_help():
 
 
 def test_every_command_has_an_example():
-    commands = [["preprocess"], ["inspect"], ["config", "show"], ["config", "validate"], ["train-ae"]]
+    commands = [["preprocess"], ["inspect"], ["config", "show"], ["config", "validate"], ["train-ae"], ["evaluate"], ["export"], ["encode-latents"], ["train-prior"], ["sample"]]
     for cmd in commands:
         res = runner.invoke(app, [*cmd, "--help"], terminal_width=200)
         assert res.exit_code == 0, cmd

@@ -56,8 +56,8 @@ RESUME_CASES = {
     # adversarial from step 1, weight EMA, dropout and flips: every source of state and randomness
     "2d-vqgan": (2, "vqgan", ["train.ema=true", "model.dropout=0.1", "augment.enabled=true", "augment.flip=0.5",
                               "loss.ms_ssim=0.5", "optim.warmup_steps=2", "train.select=last"]),
-    # random patches across epochs, posterior sampling
-    "3d-klvae-patches": (3, "klvae", ["data.patch_size=8,8,8", "train.select=best"]),
+    # random patches across epochs, posterior sampling, a training-log average spanning the checkpoint
+    "3d-klvae-patches": (3, "klvae", ["data.patch_size=8,8,8", "train.select=best", "train.log_every=3"]),
 }
 
 

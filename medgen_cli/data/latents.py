@@ -1,0 +1,150 @@
+"""Latent items (``encode-latents`` artefacts) as training data for priors, and their geometry.
+
+A latents store holds one array per data item, with the item's id: VQ codes as int16 index grids
+``(*grid)`` without a channel axis, KL latents as float ``(C, *grid)``. Here codes come back as
+int64 tensors (what embeddings take) and KL latents as float32, both without an added channel axis.
+
+- `latent_meta`: an image's ``ImageMeta`` turned into the geometry of its downsampled latent grid.
+- `read_latent`: one stored latent as a tensor.
+- `LatentsDataset`: items of a latents store with, optionally, further levels read by the same id
+  (the VQ-VAE-2 top codes), condition stores joined by subject (`PairedDataset`'s rule: all items
+  of the subject, ordered by ``view`` then id) and a class label from an item attribute.
+- `subject_conditions`: the condition grids of one subject, in the same order, for sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..io.meta import ImageMeta, IntensityMapping
+from ..io.store import Store
+from .datasets import PairedDataset, StoreLike, _common_shape, _split_ids, _view_order, open_store
+
+__all__ = ["LatentsDataset", "condition_subjects", "latent_meta", "read_latent", "subject_conditions"]
+
+# attributes describing an image's values, meaningless for its latents
+_VALUE_ATTRS = ("background", "complete")
+
+
+def latent_meta(meta: ImageMeta, factor: Sequence[int], **attrs: Any) -> ImageMeta:
+    """The geometry of an image's latent grid, downsampled by ``factor`` along its voxel axes.
+
+    Latent voxel ``v`` covers image voxels ``f*v .. f*v + f - 1``, so its centre lies at image
+    index ``f*v + (f - 1) / 2``: the voxel axes of the affine are scaled by ``f`` and the origin moves
+    by half a latent voxel minus half an image voxel. A 2D item keeps its slice normal (third column).
+    The intensity mapping becomes the identity (latents are not physical values).
+
+    Args:
+        meta: the image's metadata.
+        factor: per-axis downsampling factor, one value per spatial axis of the item.
+        attrs: attributes added to (or replacing) the image's.
+    """
+    affine = np.array(meta.affine, dtype=np.float64)
+    f = np.ones(3)
+    f[: len(factor)] = np.asarray(factor, dtype=np.float64)
+    shift = affine[:3, :3] @ ((f - 1.0) / 2.0)
+    affine[:3, :3] = affine[:3, :3] * f[None, :]
+    affine[:3, 3] = affine[:3, 3] + shift
+    kept = {k: v for k, v in meta.attrs.items() if k not in _VALUE_ATTRS}
+    return ImageMeta(affine=affine, modality=meta.modality, subject=meta.subject, source=meta.source,
+                     intensity=IntensityMapping(), attrs={**kept, **attrs})
+
+
+def read_latent(store: Store, item_id: str) -> torch.Tensor:
+    """A stored latent: int16 codes -> int64 ``(*grid)``; floats -> float32 ``(C, *grid)``."""
+    array = np.asarray(store.array(item_id)[...])
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.from_numpy(array.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+class LatentsDataset(Dataset):
+    """Items of a latents store, for training a prior.
+
+    Each sample is ``{"codes": (*grid) int64 or (C, *grid) float32, "id", "subject"}`` plus one
+    entry per extra level (e.g. ``"top"``), ``"condition": [grid, ...]`` when condition stores are
+    given (one grid per condition item, stores in order) and ``"label": int64 ()`` with ``classes``.
+
+    Args:
+        store_or_path: the latents store (``main``).
+        split: split to read (None: all items).
+        ids: explicit item ids instead of a split (no conditions then).
+        levels: ``{name: store}`` read with the same item ids (the vqvae2 ``top`` store).
+        condition_stores: stores joined by subject (see `PairedDataset`); subjects missing from any
+            of them are dropped with a warning, and a ValueError is raised when none pair.
+        label_attr: item attribute holding the class label (needs ``classes``).
+        classes: the label values; a sample's label is the index of its value.
+    """
+
+    def __init__(self, store_or_path: StoreLike, split: str | None = None, ids: Sequence[str] | None = None, *,
+                 levels: Mapping[str, StoreLike] | None = None, condition_stores: Sequence[StoreLike] = (),
+                 label_attr: str | None = None, classes: Sequence[str] = ()):
+        self.store = open_store(store_or_path)
+        self.levels = {name: open_store(s) for name, s in (levels or {}).items()}
+        self.conditions: list[Store] = []
+        if condition_stores:
+            if ids is not None:
+                raise ValueError("ids and condition_stores exclude each other; pass a split with condition stores")
+            paired = PairedDataset(self.store, list(condition_stores), split)
+            self.conditions = paired.conditions
+            self.samples = paired.samples  # (target id, subject, [condition ids per store])
+            self.condition_shapes = paired.condition_shapes
+        else:
+            self.samples = [(i, str(self.store.item_attrs(i).get("subject", "")), [])
+                            for i in _split_ids(self.store, split, ids)]
+            self.condition_shapes = []
+        self.ids = [t for t, _, _ in self.samples]
+        self.shape = _common_shape(self.store, self.ids)
+        for name, level in self.levels.items():
+            missing = [i for i in self.ids if not level.is_complete(i)]
+            if missing:
+                raise ValueError(f"{level.path} ({name}) lacks item(s) {missing[:3]} of {self.store.path}")
+        self.level_shapes = {name: _common_shape(level, self.ids) for name, level in self.levels.items()}
+        self.label_attr = label_attr
+        self.classes = [str(c) for c in classes]
+        self.labels: list[int] = []
+        if label_attr is not None:
+            index = {c: k for k, c in enumerate(self.classes)}
+            for item_id in self.ids:
+                value = self.store.item_attrs(item_id).get(label_attr)
+                if str(value) not in index:
+                    raise ValueError(f"{self.store.path}: item {item_id!r} has {label_attr} = {value!r}, "
+                                     f"not one of the classes {self.classes}")
+                self.labels.append(index[str(value)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item_id, subject, cond_ids = self.samples[index]
+        out: dict[str, Any] = {"codes": read_latent(self.store, item_id), "id": item_id, "subject": subject}
+        for name, level in self.levels.items():
+            out[name] = read_latent(level, item_id)
+        if self.conditions:
+            out["condition"] = [read_latent(store, i) for store, ids in zip(self.conditions, cond_ids) for i in ids]
+        if self.labels:
+            out["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
+        return out
+
+
+def subject_conditions(stores: Sequence[StoreLike], subject: str) -> list[list[str]]:
+    """Item ids of ``subject`` in each condition store (every split), ordered by view then id."""
+    out = []
+    for s in stores:
+        store = open_store(s)
+        out.append(_view_order(store, store.subjects().get(subject, [])))
+    return out
+
+
+def condition_subjects(stores: Sequence[StoreLike], split: str | None = None) -> list[str]:
+    """Subjects with items in every condition store (of ``split`` when given), sorted."""
+    common: set[str] | None = None
+    for s in stores:
+        subjects = set(open_store(s).subjects(split))
+        common = subjects if common is None else common & subjects
+    return sorted(common or [])

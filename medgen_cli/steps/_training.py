@@ -1,0 +1,95 @@
+"""What the trainable steps (train-ae, train-prior) share around the generic `Trainer`.
+
+- `training_runtime`: threads, device, precision and the torchrun process group for one run;
+- `seed_everything`: torch, numpy and Python seeds at once;
+- `open_on_main`: rank 0 opens the artefact's ``OUT.partial`` and tells the other ranks where it is;
+- `write_model`: ``model.safetensors`` + ``model.json`` (nothing pickled);
+- `finish_metrics`: the ``plots/losses.png`` of ``metrics.jsonl`` and its last validation record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..artefacts import ArtefactWriter
+from ..errors import UsageError
+from ..train import distributed as dist_utils
+from ..train.distributed import DistContext
+from ..train.metrics_log import read_metrics
+from ..train.precision import Precision, resolve_precision, select_device
+
+MODEL_FILE = "model.safetensors"
+MODEL_JSON = "model.json"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def training_runtime(device_name: str, precision_name: str, threads: int = 0
+                     ) -> Iterator[tuple[DistContext, torch.device, Precision]]:
+    """(ctx, device, precision) for one training run; the process group is destroyed on exit.
+
+    Args:
+        device_name: runtime.device (auto, cpu, cuda, mps).
+        precision_name: train.precision (auto, fp32, bf16, fp16).
+        threads: torch CPU threads (0 = torch's default).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = select_device(device_name, dist_utils.env_context().local_rank)
+        precision = resolve_precision(precision_name, device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    ctx = dist_utils.setup(device)
+    try:
+        yield ctx, device, precision
+    finally:
+        dist_utils.cleanup(ctx)
+
+
+def open_on_main(ctx: DistContext, writer: ArtefactWriter | None) -> Path:
+    """Rank 0 opens ``writer`` (``OUT.partial``); every rank gets its path, or the same error."""
+    opened = None
+    if ctx.is_main:
+        try:
+            opened = ("ok", str(writer.open()))
+        except Exception as err:
+            dist_utils.broadcast_object(("error", str(err)))  # release the other ranks, then fail here
+            raise
+    status, text = dist_utils.broadcast_object(opened)
+    if status == "error":
+        raise UsageError(text)
+    return Path(text)
+
+
+def write_model(partial: Path, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` (the weights) and ``model.json`` (``info``) into ``partial``."""
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(partial / MODEL_FILE))
+    (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def finish_metrics(partial: Path) -> dict[str, Any]:
+    """Plot ``metrics.jsonl`` to ``plots/losses.png``; returns the last validation record (or {})."""
+    from ..viz import plot_metrics
+
+    path = partial / "metrics.jsonl"
+    records = read_metrics(path) if path.exists() else []
+    if records:
+        plot_metrics(path, partial / "plots" / "losses.png")
+    last = next((r for r in reversed(records) if r.get("phase") == "val"), {})
+    return {k: v for k, v in last.items() if k not in ("step", "phase")}

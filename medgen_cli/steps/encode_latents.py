@@ -1,0 +1,226 @@
+"""``medgen encode-latents``: encode every item of a preprocessed store with a trained autoencoder.
+
+Orchestration only. Writes the ``latents`` artefact::
+
+    lat/  manifest.json  settings.yaml
+          main.zarr   one item per data item, same id: VQ int16 code grids (*grid) (vqvae2: the
+                      bottom codes), or KL float (C, *grid) posterior means x latent_scale
+          top.zarr    vqvae2 only: the top code grids
+
+Each latent item keeps the data item's attributes (subject, split, view, ...) plus ``source_id``,
+with the geometry of its grid (`medgen_cli.data.latents.latent_meta`) and an identity intensity
+mapping. Items of one shape are encoded in batches. Re-running the same command resumes an
+interrupted run: items already complete in ``OUT.partial`` are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..artefacts import ArtefactWriter, input_ref
+from ..data.latents import latent_meta
+from ..errors import UsageError
+from ..io.store import Store, store_path
+from ..settings.prior import EncodeSettings
+from ..train.precision import select_device
+from ._load import load_autoencoder
+
+log = logging.getLogger(__name__)
+
+MAX_INT16_CODES = 2**15  # int16 indices hold codebooks of up to 32768 codes
+
+
+@dataclass
+class EncodeResult:
+    """What ``run`` returns.
+
+    Args:
+        out: the artefact directory.
+        summary: the manifest summary.
+        encoded: items encoded by this run.
+        skipped: items an interrupted run had already written.
+    """
+
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    encoded: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class _Level:
+    """One output store: its name, what it holds, and the per-axis factor from image to grid."""
+
+    name: str
+    level: str
+    factor: tuple[int, ...]
+    dtype: str
+    store: Store | None = None
+
+
+def _levels(model: torch.nn.Module, info: dict[str, Any], dtype: str) -> list[_Level]:
+    if info["kind"] == "vqvae2":
+        return [_Level("main", "bottom", tuple(model.downsample_factor), "int16"),
+                _Level("top", "top", tuple(model.total_top_factor), "int16")]
+    if model.is_vq:
+        return [_Level("main", "codes", tuple(model.downsample_factor), "int16")]
+    return [_Level("main", "latents", tuple(model.downsample_factor), dtype)]
+
+
+def _open_inputs(settings: EncodeSettings) -> tuple[Store, list]:
+    if not settings.ae:
+        raise UsageError("no autoencoder given; pass --ae DIR (an autoencoder artefact) or set ae.")
+    if not settings.data:
+        raise UsageError("no data given; pass --data DIR (a preprocessed artefact) or set data.")
+    refs = [input_ref(settings.ae, "autoencoder", "autoencoder"), input_ref(settings.data, "data", "preprocessed")]
+    try:
+        store = Store.open(store_path(settings.data, settings.store))
+    except ValueError:
+        raise UsageError(f"{settings.data} has no store named {settings.store!r} (--store); "
+                         f"see `medgen inspect {settings.data}`.") from None
+    return store, refs
+
+
+@torch.no_grad()
+def _encode(model: torch.nn.Module, info: dict[str, Any], batch: np.ndarray, device: torch.device,
+            scale: float) -> list[np.ndarray]:
+    """(B, *spatial) stored images -> one (B, ...) array per level, in the order of `_levels`."""
+    x = torch.from_numpy(batch[:, None]).to(device)
+    if model.is_vq:
+        codes = model.encode_to_indices(x)
+        if info["kind"] == "vqvae2":
+            top, bottom = codes
+            return [bottom.cpu().numpy(), top.cpu().numpy()]
+        return [codes.cpu().numpy()]
+    return [(model.encode_to_latents(x).float() * scale).cpu().numpy()]
+
+
+def _check_item(model: torch.nn.Module, info: dict[str, Any], item_id: str, shape: tuple[int, ...]) -> None:
+    if len(shape) != info["spatial_dims"]:
+        raise UsageError(f"item {item_id!r} is {len(shape)}D but the autoencoder is {info['spatial_dims']}D; "
+                         "encode a store of the rank it was trained on.")
+    try:
+        model.latent_shape(shape)
+        if info["kind"] == "vqvae2":
+            model.index_shape(shape)
+    except ValueError:
+        factor = model.total_top_factor if info["kind"] == "vqvae2" else model.downsample_factor
+        raise UsageError(f"item {item_id!r} of shape {list(shape)} is not divisible by the autoencoder's "
+                         f"downsampling factor {list(factor)}; preprocess with a fitting --shape.") from None
+
+
+def _batches(store: Store, ids: list[str], batch_size: int):
+    """Consecutive runs of items of one shape, at most ``batch_size`` long."""
+    run: list[str] = []
+    shape = None
+    for item_id in ids:
+        s = tuple(store.array(item_id).shape)
+        if run and (s != shape or len(run) == batch_size):
+            yield run
+            run = []
+        run.append(item_id)
+        shape = s
+    if run:
+        yield run
+
+
+def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
+        progress: Callable[[int, int, str], None] | None = None) -> EncodeResult:
+    """Encode ``settings.data``'s store with ``settings.ae`` into the ``latents`` artefact ``out``.
+
+    Args:
+        settings: resolved settings.
+        out: output directory.
+        overwrite: replace an existing ``out`` (and discard an interrupted ``out.partial`` with
+            other settings).
+        progress: ``progress(done, total, text)`` after every batch.
+    """
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    try:
+        device = select_device(settings.runtime.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    store, refs = _open_inputs(settings)
+    ids = store.ids()
+    if not ids:
+        raise UsageError(f"{store.path} has no complete items to encode.")
+    model, info = load_autoencoder(settings.ae, device)
+    num_embeddings = info["config"].get("num_embeddings") if model.is_vq else None
+    if num_embeddings is not None and num_embeddings > MAX_INT16_CODES:
+        raise UsageError(f"the autoencoder's codebook has {num_embeddings} codes, more than int16 indices hold "
+                         f"({MAX_INT16_CODES}); train it with model.num_embeddings <= {MAX_INT16_CODES}.")
+    scale = 1.0
+    if not model.is_vq:
+        if info.get("latent_scale") is None:
+            raise UsageError(f"{settings.ae} has no latent_scale in its model.json; re-run medgen train-ae.")
+        scale = float(info["latent_scale"])
+    for item_id in ids:
+        _check_item(model, info, item_id, tuple(store.array(item_id).shape))
+
+    out = Path(out)
+    writer = ArtefactWriter(out, "latents", settings.model_dump(mode="json"), refs, overwrite=overwrite, resume=True)
+    partial = writer.open()
+    levels = _levels(model, info, settings.dtype)
+    for lv in levels:
+        lv.store = Store.create(store_path(partial, lv.name), name=lv.name, level=lv.level)
+    todo = [i for i in ids if not all(lv.store.is_complete(i) for lv in levels)]
+    skipped = len(ids) - len(todo)
+    if skipped:
+        log.info("resuming: %d of %d items already encoded", skipped, len(ids))
+    done = skipped
+    for batch_ids in _batches(store, todo, settings.batch_size):
+        arrays = np.stack([store.read(i) for i in batch_ids])
+        outputs = _encode(model, info, arrays, device, scale)
+        for k, item_id in enumerate(batch_ids):
+            meta = store.meta(item_id)
+            for lv, values in zip(levels, outputs):
+                extra = {"latent_scale": scale} if lv.level == "latents" else {}
+                lv.store.write(item_id, values[k], latent_meta(meta, lv.factor, source_id=item_id, level=lv.level,
+                                                               **extra), dtype=lv.dtype)
+        done += len(batch_ids)
+        if progress is not None:
+            progress(done, len(ids), batch_ids[-1])
+    summary = _summary(model, info, levels, num_embeddings, scale, settings, store)
+    writer.commit(summary)
+    log.info("wrote %s (%d items, %s)", out, len(ids), summary["grid_shape"])
+    return EncodeResult(out=out, summary=summary, encoded=len(todo), skipped=skipped)
+
+
+def _common(shapes: set[tuple[int, ...]]) -> list[int] | None:
+    return list(next(iter(shapes))) if len(shapes) == 1 else None
+
+
+def _summary(model, info, levels: list[_Level], num_embeddings, scale, settings: EncodeSettings,
+             data: Store) -> dict[str, Any]:
+    stores: dict[str, Any] = {}
+    for lv in levels:
+        shapes = {tuple(lv.store.array(i).shape) for i in lv.store.ids()}
+        grid = {s[1:] if lv.level == "latents" else s for s in shapes}
+        stores[lv.name] = {"level": lv.level, "grid_shape": _common(grid), "factor": list(lv.factor),
+                           "dtype": lv.dtype, "num_embeddings": num_embeddings, "items": len(lv.store.ids())}
+    splits: dict[str, int] = {}
+    for item_id in levels[0].store.ids():
+        split = str(levels[0].store.item_attrs(item_id).get("split", ""))
+        splits[split] = splits.get(split, 0) + 1
+    image_shapes = {tuple(data.array(i).shape) for i in data.ids()}
+    return {
+        "ae_kind": info["kind"],
+        "is_vq": bool(model.is_vq),
+        "num_embeddings": num_embeddings,
+        "grid_shape": stores["main"]["grid_shape"],
+        "latent_channels": int(model.latent_channels),
+        "latent_scale": None if model.is_vq else scale,
+        "spatial_dims": int(info["spatial_dims"]),
+        "image_shape": _common(image_shapes),
+        "data_store": settings.store,
+        "items": len(levels[0].store.ids()),
+        "splits": dict(sorted(splits.items())),
+        "stores": stores,
+    }

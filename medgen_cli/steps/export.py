@@ -1,0 +1,262 @@
+"""``medgen export``: items of a store as files radiology tools open, or a trained model as
+TorchScript, ONNX or safetensors with a model card.
+
+Orchestration only: the formats are written by ``medgen_cli.export.images.export_item`` and
+``medgen_cli.export.models``. Sources:
+
+* a preprocessed artefact (store ``main`` or a derived one with ``store``), a samples artefact
+  (store ``samples``; every item is marked synthetic), or a latents artefact with ``decode``: its
+  codes (int16 VQ indices; VQ-VAE-2 with the ``top`` store) or scaled KL latents are decoded through
+  the autoencoder found in its lineage, and each decoded image takes the geometry and intensity
+  mapping of the data item it was encoded from;
+* an autoencoder artefact for the model formats.
+
+The ``export`` artefact holds the exported files at its top level (``<id>.nii.gz``, ``<id>/`` DICOM
+series, ...) plus ``index.csv`` (item, subject, split, synthetic, files), or for models the files of
+``medgen_cli.export.models`` plus ``model.json`` and ``checks.json`` (the largest difference of every
+exported module to PyTorch).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..artefacts import ArtefactWriter, find_upstream, input_ref, lineage, require
+from ..errors import StepFailed, UsageError
+from ..export import models as mx
+from ..export.images import export_item
+from ..io.meta import IntensityMapping
+from ..io.store import Store, store_path
+from ..models.registry import build_autoencoder
+from ..settings.evaluate import ExportSettings
+from ..train.precision import select_device
+from ._load import MODEL_FILE, MODEL_JSON, load_autoencoder
+from .evaluate_metrics import batches
+
+log = logging.getLogger(__name__)
+
+IMAGE_SOURCES = ("preprocessed", "samples", "latents")
+DEFAULT_STORE = {"preprocessed": "main", "samples": "samples", "latents": "main"}
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ExportResult:
+    """What ``run`` returns.
+
+    Args:
+        out: the export artefact.
+        summary: the manifest summary (format, items or modules, checks).
+        files: files and directories written (top level of ``out``).
+    """
+
+    out: Path
+    summary: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+
+
+def run(settings: ExportSettings, out: Path | str, *, overwrite: bool = False,
+        progress: Progress | None = None) -> ExportResult:
+    """Export ``settings.source`` as ``settings.format`` into the ``export`` artefact ``out``.
+
+    Args:
+        settings: resolved settings.
+        out: output directory.
+        overwrite: replace an existing ``out``.
+        progress: ``progress(done, total, text)`` per item or module.
+    """
+    if not settings.source:
+        raise UsageError("nothing to export: give the source artefact (medgen export SRC --format ... --out DIR)")
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    if settings.is_model_format:
+        return _export_model(settings, Path(out), overwrite, progress)
+    return _export_images(settings, Path(out), overwrite, progress)
+
+
+def _writer(settings: ExportSettings, out: Path, inputs, overwrite: bool) -> tuple[ArtefactWriter, Path]:
+    writer = ArtefactWriter(out, "export", settings.model_dump(mode="json"), inputs, overwrite=overwrite, resume=True)
+    return writer, writer.open()  # a killed run with the same settings is redone in place
+
+
+# -------------------------------------------------------------------------------------- images
+def _select(store: Store, settings: ExportSettings, where: str) -> list[str]:
+    ids = store.ids(settings.split)
+    in_split = f" in split {settings.split!r}" if settings.split else ""
+    if settings.items:
+        present = set(ids)
+        missing = [i for i in settings.items if i not in present]
+        if missing:
+            raise UsageError(f"{where} has no item(s) {', '.join(missing[:5])}{in_split}")
+        ids = list(dict.fromkeys(settings.items))
+    if not ids:
+        raise UsageError(f"{where} has no items{in_split}")
+    return ids
+
+
+def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progress: Progress | None) -> ExportResult:
+    source = settings.source
+    kind = require(source, IMAGE_SOURCES).kind
+    if kind == "latents" and not settings.decode:
+        raise UsageError(f"{source} holds latents, not images; pass --decode to decode them through their autoencoder")
+    if settings.decode and kind != "latents":
+        raise UsageError(f"--decode applies to latents artefacts, but {source} is a {kind} artefact")
+    name = settings.store or DEFAULT_STORE[kind]
+    try:
+        store = Store.open(store_path(source, name))
+    except ValueError:
+        stores = sorted(p.stem for p in Path(source).glob("*.zarr"))
+        raise UsageError(f"{source} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
+    ids = _select(store, settings, f"{source} (store {name})")
+    inputs = [input_ref(source, "source", kind)]
+    if settings.decode:
+        ae = find_upstream(source, "autoencoder")
+        inputs.append(input_ref(ae, "autoencoder", "autoencoder"))
+        try:
+            device = select_device(settings.runtime.device)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        items = _decoded(source, store, ids, ae, device, settings.batch_size)
+    else:
+        items = ((i, store.read(i), store.meta(i)) for i in ids)
+
+    writer, partial = _writer(settings, out, inputs, overwrite)
+    try:
+        rows = []
+        for n, (item_id, arr, meta) in enumerate(items, 1):
+            synthetic = kind == "samples" or bool(meta.attrs.get("synthetic", False))
+            try:
+                written = export_item(arr, meta, partial, item_id, settings.format, synthetic=synthetic)
+            except ValueError as err:
+                raise StepFailed(f"could not export item {item_id} of {source}: {err}") from None
+            tops = sorted({p.relative_to(partial).parts[0] for p in written})
+            rows.append({"item": item_id, "subject": meta.subject, "split": meta.attrs.get("split", ""),
+                         "synthetic": synthetic, "files": ";".join(tops)})
+            if progress:
+                progress(n, len(ids), item_id)
+        with (partial / "index.csv").open("w", newline="") as f:
+            table = csv.DictWriter(f, fieldnames=list(rows[0]))
+            table.writeheader()
+            table.writerows(rows)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing worth resuming; a corrected re-run starts clean
+        raise
+    summary = {"format": settings.format, "source": str(source), "source_kind": kind, "store": name,
+               "items": len(rows), "synthetic": sum(r["synthetic"] for r in rows), "decoded": settings.decode}
+    writer.commit(summary)
+    log.info("exported %d item(s) of %s as %s to %s", len(rows), source, settings.format, out)
+    return ExportResult(out, summary, sorted(p.name for p in out.iterdir()))
+
+
+@torch.no_grad()
+def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.device, batch_size: int):
+    """(id, decoded image, meta) of latents items (the ``encode-latents`` layout).
+
+    int16 codes go through ``decode_indices`` (VQ-VAE-2: with the same item of the ``top`` store),
+    float latents are divided by the KL latent scale and go through ``decode_latents``. A latent item
+    carries the geometry of its grid, so the decoded image takes the metadata (affine, intensity
+    mapping, subject) of its source item (``source_id``) in the data artefact the latents were made from.
+    """
+    manifest = require(source, "latents")
+    data_ref = next((r for r in manifest.inputs if r.role == "data"), None)
+    data_store = store_path(data_ref.path, manifest.settings.get("store", "main")) if data_ref else "(none recorded)"
+    try:
+        data = Store.open(data_store)
+    except ValueError:
+        raise UsageError(f"the data of {source} ({data_store}) is not readable; decoded images take their "
+                         "geometry and intensity mapping from its items") from None
+    model, info = load_autoencoder(ae, device)
+    top = None
+    if info.get("kind") == "vqvae2":
+        try:
+            top = Store.open(store_path(source, "top"))
+        except ValueError:
+            raise UsageError(f"{source} holds VQ-VAE-2 bottom codes but no top store (top.zarr)") from None
+    scale = float(info.get("latent_scale") or 1.0)
+    for chunk, arrays, _ in batches(store, ids, batch_size):
+        x = torch.from_numpy(arrays).to(device)
+        try:
+            if np.issubdtype(store.array(chunk[0]).dtype, np.integer):
+                codes = [x.long()] if top is None else [torch.from_numpy(np.stack([top.read(i) for i in chunk])).long().to(device), x.long()]
+                images = model.decode_indices(*codes)
+            else:
+                images = model.decode_latents(x / scale)
+        except (ValueError, RuntimeError, IndexError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"item {chunk[0]} of {store.path} (shape {list(arrays.shape[1:])}) does not decode "
+                             f"with {ae}: {first}") from None
+        for item_id, image in zip(chunk, images.float().cpu()[:, 0].numpy()):
+            source_id = store.item_attrs(item_id).get("source_id", item_id)
+            if not data.is_complete(source_id):
+                raise UsageError(f"latent item {item_id} comes from item {source_id}, which {data_store} does not hold")
+            yield item_id, image, data.meta(source_id)
+
+
+# -------------------------------------------------------------------------------------- models
+def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress: Progress | None) -> ExportResult:
+    source, fmt = settings.source, settings.format
+    manifest = require(source, "autoencoder")
+    if fmt == "onnx" and (reason := mx.onnx_missing()):
+        raise UsageError(reason)
+    model, info = load_autoencoder(source, "cpu")  # exported modules run anywhere; trace on the CPU
+    writer, partial = _writer(settings, out, [input_ref(source, "autoencoder", "autoencoder")], overwrite)
+    try:
+        (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+        if fmt == "safetensors":
+            checks = [_safetensors(model, info, partial, settings.runtime.seed)]
+            data = _data_summary(manifest.settings)
+            card = mx.model_card(info, manifest.summary, manifest.settings, data, lineage(source), str(Path(source).resolve()))
+            (partial / "README.md").write_text(card)
+        else:
+            mapping = IntensityMapping.from_dict(info.get("intensity"))
+            value_range = (min(mapping.out_low, mapping.out_high), max(mapping.out_low, mapping.out_high))
+            plans = mx.plan_autoencoder(model, info["input_shape"], value_range, settings.runtime.seed)
+            checks = []
+            for n, plan in enumerate(plans, 1):
+                checks.append(mx.export_checked(plan, fmt, partial, settings.tolerance).record())
+                if progress:
+                    progress(n, len(plans), plan.name)
+        (partial / "checks.json").write_text(json.dumps({"tolerance": settings.tolerance, "modules": checks}, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    summary = {"format": fmt, "source": str(source), "source_kind": "autoencoder", "model": info.get("kind"),
+               "tolerance": settings.tolerance, "modules": checks}
+    writer.commit(summary)
+    log.info("exported %s as %s to %s", source, fmt, out)
+    return ExportResult(out, summary, sorted(p.name for p in out.iterdir()))
+
+
+@torch.no_grad()
+def _safetensors(model, info: dict[str, Any], partial: Path, seed: int) -> dict[str, Any]:
+    """Write the weights, rebuild the model from the written files alone and compare reconstructions."""
+    path = partial / MODEL_FILE
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+    rebuilt = build_autoencoder(**info["config"])
+    rebuilt.load_state_dict(load_file(str(path)))
+    rebuilt.eval()
+    x = mx.random_input(model, info["input_shape"], 2, seed=seed)
+    diff = float((rebuilt.decode_latents(rebuilt.encode_to_latents(x)) - model.decode_latents(model.encode_to_latents(x))).abs().max())
+    if diff != 0.0:
+        raise StepFailed(f"{path.name} does not rebuild the model exactly (difference {diff:.3g})")
+    return {"name": "model", "file": path.name, "max_abs_diff": diff, "check_input_shapes": [list(x.shape)]}
+
+
+def _data_summary(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The training store's summary for the model card, when the data artefact is still there."""
+    data = settings.get("data") or {}
+    try:
+        return Store.open(store_path(data.get("path", ""), data.get("store", "main"))).summary()
+    except (ValueError, OSError):
+        log.warning("the training data %s is not readable; the model card omits its description", data.get("path"))
+        return None

@@ -1,0 +1,323 @@
+"""``medgen sample``: draw codes from a trained prior, decode them and write a ``samples`` artefact.
+
+Orchestration only. The autoencoder is found through the lineage (prior -> latents -> autoencoder)
+and the training data through the latents' ``data`` input. Writes::
+
+    samples/  manifest.json  settings.yaml
+              samples.zarr     decoded images in the training data's stored value range; items
+                               sample_0000... (conditional: <subject>_s00...), with the geometry and
+                               intensity mapping of a training item, attrs synthetic, seed, strategy,
+                               condition_subject
+              codes.zarr       the sampled code grids (int16; codes_top.zarr: vqvae2 top grids)
+              nifti/<id>.nii.gz  physical units (HU for CT), marked SYNTHETIC in the header
+              previews/        samples.png (a grid for 2D, orthogonal views for 3D), <id>.png per volume
+
+`SAMPLERS` maps a prior kind to a function drawing a batch of codes (a new kind adds one entry).
+Each batch has its own generator seeded from (seed, subject, batch), so the same seed gives the
+same samples, and re-running an interrupted command resumes it with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..artefacts import ArtefactWriter, input_ref
+from ..data.latents import condition_subjects, latent_meta, read_latent, subject_conditions
+from ..errors import UsageError
+from ..io.meta import ImageMeta
+from ..io.store import Store, store_path
+from ..io.writers import write_nifti
+from ..sampling import generate, maskgit_generate
+from ..settings.prior import SamplerSettings, SampleSettings
+from ..train.precision import select_device
+from ._load import load_autoencoder
+from ._priors import load_prior, open_latents, prior_lineage
+
+log = logging.getLogger(__name__)
+
+MAX_VOLUME_PREVIEWS = 8
+
+Sampler = Callable[[nn.Module, dict[str, Any], int, "list[Tensor] | None", "Tensor | None", SamplerSettings,
+                    torch.Generator], dict[str, Tensor]]
+
+
+@dataclass
+class SampleResult:
+    """What ``run`` returns.
+
+    Args:
+        out: the artefact directory.
+        ids: sample item ids, in order.
+        summary: the manifest summary.
+    """
+
+    out: Path
+    ids: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- samplers by kind
+def _prefix_condition(cond: list[Tensor] | None, labels: Tensor | None) -> dict[str, Any]:
+    return {"cond_tokens": cond or None, "labels": labels}
+
+
+def _sample_transformer(model, info, n, cond, labels, s: SamplerSettings, generator) -> dict[str, Tensor]:
+    tokens = generate(model, model.num_tokens, batch_size=n, condition=_prefix_condition(cond, labels),
+                      sampler_kwargs=s.token_kwargs(), use_cache=s.use_cache, generator=generator)
+    return {"main": model.tokens_to_grid(tokens)}
+
+
+def _sample_maskgit(model, info, n, cond, labels, s: SamplerSettings, generator) -> dict[str, Tensor]:
+    tokens = maskgit_generate(model, num_tokens=model.num_tokens, batch_size=n, steps=s.steps,
+                              noise_temperature=s.noise_temperature, condition=_prefix_condition(cond, labels),
+                              sampler_kwargs=s.token_kwargs(), generator=generator)
+    return {"main": model.tokens_to_grid(tokens)}
+
+
+def _sample_pixelcnn(model, info, n, cond, labels, s: SamplerSettings, generator) -> dict[str, Tensor]:
+    kwargs = {"labels": labels, "sampler_kwargs": s.token_kwargs(), "generator": generator}
+    if isinstance(model, nn.ModuleDict):  # vqvae2: top codes first, then the bottom given them
+        top = model["top"].sample((n, *info["top_grid_shape"]), **kwargs)
+        return {"main": model["bottom"].sample((n, *info["grid_shape"]), condition=top, **kwargs), "top": top}
+    return {"main": model.sample((n, *info["grid_shape"]), **kwargs)}
+
+
+SAMPLERS: dict[str, Sampler] = {"transformer": _sample_transformer, "maskgit": _sample_maskgit,
+                                "pixelcnn": _sample_pixelcnn}
+
+
+def _strategy(kind: str, s: SamplerSettings, prior: str) -> str:
+    """The strategy recorded with each sample; refuses combinations the prior cannot do."""
+    if s.strategy == "maskgit" and kind != "maskgit":
+        raise UsageError(f"--strategy maskgit needs a maskgit prior, but {prior} is a {kind} prior.")
+    token = s.token_strategy()
+    if kind == "maskgit":
+        return "maskgit" if token == "multinomial" else f"maskgit+{token}"
+    return token
+
+
+@torch.no_grad()
+def _decode(ae: nn.Module, latents: dict[str, Any], draws: dict[str, Tensor]) -> np.ndarray:
+    """Sampled codes (or latents) -> (B, *spatial) images in the training data's stored values."""
+    if latents.get("is_vq"):
+        x = ae.decode_indices(draws["top"], draws["main"]) if "top" in draws else ae.decode_indices(draws["main"])
+    else:  # continuous latents were stored times latent_scale
+        x = ae.decode_latents(draws["main"].float() / float(latents["latent_scale"]))
+    return x[:, 0].float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------ conditions
+@dataclass
+class _Job:
+    """Samples drawn under one condition: ids, prefix grids (1, *grid) each, and the subject."""
+
+    ids: list[str]
+    cond: list[Tensor] | None = None
+    subject: str | None = None
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "subject"
+
+
+def _jobs(settings: SampleSettings, info: dict[str, Any], device: torch.device) -> tuple[list[_Job], list]:
+    """The samples to draw, and the condition artefacts read (for the manifest)."""
+    c, n = settings.condition, settings.num_samples
+    trained = info.get("conditions") or []
+    if not trained:
+        if c.subject is not None or c.all_subjects or c.paths:
+            raise UsageError(f"{settings.prior} is not conditioned on other latents; drop --condition/--subject/--all.")
+        return [_Job([f"sample_{k:04d}" for k in range(n)])], []
+    if c.subject is None and not c.all_subjects:
+        raise UsageError(f"{settings.prior} is conditioned on {', '.join(t['path'] for t in trained)}; "
+                         "pass --subject ID or --all.")
+    paths = c.paths or [t["path"] for t in trained]
+    if len(paths) != len(trained):
+        raise UsageError(f"{settings.prior} was trained with {len(trained)} condition artefact(s) but "
+                         f"{len(paths)} were given (--condition).")
+    conds = []
+    for path, t in zip(paths, trained):
+        lat = open_latents(path, "condition", t["store"])
+        if lat.num_embeddings != t["num_embeddings"] or list(lat.grid_shape or []) != list(t["grid_shape"]):
+            raise UsageError(f"{path} holds {lat.grid_shape} grids of {lat.num_embeddings} codes, but the prior was "
+                             f"conditioned on {t['grid_shape']} grids of {t['num_embeddings']} codes.")
+        conds.append(lat)
+    stores = [lat.store for lat in conds]
+    subjects = [c.subject] if c.subject is not None else condition_subjects(stores, c.split)
+    if not subjects:
+        raise UsageError(f"no subject has items in every condition artefact ({', '.join(map(str, paths))})"
+                         + (f" in split {c.split!r}." if c.split else "."))
+    jobs = []
+    for subject in subjects:
+        ids = subject_conditions(stores, subject)
+        bad = [(lat, len(i)) for lat, i, t in zip(conds, ids, trained) if len(i) != t["items_per_subject"]]
+        if bad:
+            lat, count = bad[0]
+            text = (f"subject {subject!r} has {count} item(s) in {lat.path}, but the prior takes "
+                    f"{trained[conds.index(lat)]['items_per_subject']} per subject")
+            if c.subject is not None:
+                raise UsageError(text + ".")
+            log.warning("%s; skipped", text)
+            continue
+        grids = [read_latent(store, i)[None].to(device) for store, per in zip(stores, ids) for i in per]
+        jobs.append(_Job([f"{_safe(subject)}_s{k:02d}" for k in range(n)], grids, subject))
+    if not jobs:
+        raise UsageError("no subject has the number of condition items per subject the prior was trained with.")
+    return jobs, [lat.ref for lat in conds]
+
+
+def _labels(settings: SampleSettings, info: dict[str, Any], count: int, offset: int,
+            device: torch.device) -> Tensor | None:
+    classes = info.get("classes") or []
+    label = settings.condition.label
+    if not classes:
+        if label is not None:
+            raise UsageError(f"{settings.prior} takes no class labels; drop --label {label}.")
+        return None
+    if label is not None:
+        if label not in classes:
+            raise UsageError(f"--label {label!r} is not a class of {settings.prior}; choose one of {classes}.")
+        return torch.full((count,), classes.index(label), dtype=torch.long, device=device)
+    return torch.arange(offset, offset + count, device=device) % len(classes)  # cycle through the classes
+
+
+# ------------------------------------------------------------------------------------------ output
+def _reference(data: Store, shape: tuple[int, ...], subject: str | None) -> tuple[str, ImageMeta]:
+    """A training item whose geometry the samples take: the subject's own, else the first of the train split."""
+    candidates = (data.subjects().get(subject, []) if subject is not None else []) + (data.ids("train") or data.ids())
+    fitting = [i for i in candidates if tuple(data.array(i).shape) == shape]
+    if not fitting:
+        log.warning("no item of %s has the sampled shape %s; the samples take the geometry of %s",
+                    data.path, list(shape), candidates[0])
+    item_id = (fitting or candidates)[0]
+    return item_id, data.meta(item_id)
+
+
+def _sample_meta(ref_id: str, ref: ImageMeta, settings: SampleSettings, strategy: str,
+                 subject: str | None, sample_id: str) -> ImageMeta:
+    attrs = {"synthetic": True, "seed": settings.runtime.seed, "strategy": strategy, "reference_id": ref_id}
+    if subject is not None:
+        attrs["condition_subject"] = subject
+    return ImageMeta(affine=ref.affine, modality=ref.modality, subject=subject if subject is not None else sample_id,
+                     source=f"medgen sample {settings.prior}", intensity=ref.intensity, attrs=attrs)
+
+
+def _seed(seed: int, job: int, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, job, batch]).generate_state(1)[0])
+
+
+def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
+        progress: Callable[[int, int, str], None] | None = None) -> SampleResult:
+    """Draw ``settings.num_samples`` samples (per subject) from ``settings.prior`` into ``out``.
+
+    Args:
+        settings: resolved settings.
+        out: output directory.
+        overwrite: replace an existing ``out``.
+        progress: ``progress(done, total, text)`` after every batch.
+    """
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    try:
+        device = select_device(settings.runtime.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not settings.prior:
+        raise UsageError("no prior given; pass --prior DIR (a train-prior artefact) or set prior.")
+    prior_ref = input_ref(settings.prior, "prior", "prior")
+    model, info = load_prior(settings.prior, device)
+    kind = info["kind"]
+    if kind not in SAMPLERS:
+        raise UsageError(f"{settings.prior} holds a {kind} prior, which this medgen cannot sample; upgrade medgen.")
+    strategy = _strategy(kind, settings.sampler, settings.prior)
+    lineage = prior_lineage(settings.prior)
+    ae, _ = load_autoencoder(lineage.autoencoder, device)
+    try:
+        data = Store.open(store_path(lineage.data, lineage.data_store))
+    except ValueError:
+        raise UsageError(f"the training data {store_path(lineage.data, lineage.data_store)} of {settings.prior} "
+                         "is missing; the samples need its geometry and intensity mapping.") from None
+    jobs, cond_refs = _jobs(settings, info, device)
+    _labels(settings, info, 1, 0, device)  # refuses a wrong --label before any work
+
+    out = Path(out)
+    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), [prior_ref, *cond_refs],
+                            overwrite=overwrite, resume=True)
+    partial = writer.open()
+    samples = Store.create(store_path(partial, "samples"), name="samples", synthetic=True)
+    stores = info["latents"]["stores"]
+    code_stores = {"main": Store.create(store_path(partial, "codes"), name="codes")}
+    if "top" in info.get("levels", []):
+        code_stores["top"] = Store.create(store_path(partial, "codes_top"), name="codes_top")
+    code_dtype = "int16" if info["latents"].get("is_vq") else "float32"
+
+    shape = tuple(g * f for g, f in zip(info["grid_shape"], stores["main"]["factor"]))
+    total = sum(len(j.ids) for j in jobs)
+    done, written, offset = 0, [], 0
+    for j, job in enumerate(jobs):
+        ref_id, ref = _reference(data, shape, job.subject)
+        lo, hi = sorted((ref.intensity.out_low, ref.intensity.out_high))
+        for b, start in enumerate(range(0, len(job.ids), settings.batch_size)):
+            ids = job.ids[start:start + settings.batch_size]
+            labels = _labels(settings, info, len(ids), offset + start, device)
+            if not all(samples.is_complete(i) for i in ids):
+                generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, j, b))
+                cond = [g.expand(len(ids), *g.shape[1:]) for g in job.cond] if job.cond else None
+                with torch.no_grad():
+                    draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)
+                images = _decode(ae, info["latents"], draws)
+                for k, item_id in enumerate(ids):
+                    meta = _sample_meta(ref_id, ref, settings, strategy, job.subject, item_id)
+                    image = np.clip(images[k], lo, hi) if ref.intensity.clip else images[k]
+                    # the NIfTI and the codes first: a sample marked complete has all its files
+                    if settings.nifti:
+                        (partial / "nifti").mkdir(exist_ok=True)
+                        write_nifti(partial / "nifti" / f"{item_id}.nii.gz", image, meta, physical=True,
+                                    description=f"SYNTHETIC (medgen) {kind} prior sample, seed {settings.runtime.seed}")
+                    for name, store in code_stores.items():
+                        store.write(item_id, draws[name][k].cpu().numpy(),
+                                    latent_meta(meta, stores[name]["factor"]), dtype=code_dtype)
+                    samples.write(item_id, image, meta, dtype="float32")
+            written.extend(ids)
+            done += len(ids)
+            if progress is not None:
+                progress(done, total, ids[-1])
+        offset += len(job.ids)
+    if settings.previews:
+        _previews(partial, samples, written)
+    summary = {
+        "prior_kind": kind, "strategy": strategy, "seed": settings.runtime.seed, "samples": len(written),
+        "shape": list(samples.array(written[0]).shape), "conditional": bool(info.get("conditions")),
+        "subjects": [j.subject for j in jobs if j.subject is not None], "autoencoder": str(lineage.autoencoder),
+        "data": str(lineage.data), "data_store": lineage.data_store,
+        "sampler": settings.sampler.model_dump(mode="json"),
+    }
+    writer.commit(summary)
+    log.info("wrote %s (%d samples, %s)", out, len(written), strategy)
+    return SampleResult(out=out, ids=written, summary=summary)
+
+
+def _previews(partial: Path, samples: Store, ids: list[str]) -> None:
+    """previews/samples.png (a grid of 2D samples, or orthogonal views of a few volumes) and per-volume views."""
+    from ..viz import orthogonal_views
+    from ..viz.previews import store_preview
+
+    folder = partial / "previews"
+    folder.mkdir(exist_ok=True)
+    store_preview(folder / "samples.png", samples, max_items=16)
+    first = samples.read(ids[0])
+    if first.ndim == 3:
+        for item_id in ids[:MAX_VOLUME_PREVIEWS]:
+            meta = samples.meta(item_id)
+            lo, hi = sorted((meta.intensity.out_low, meta.intensity.out_high)) if meta.intensity.clip else (None, None)
+            orthogonal_views(folder / f"{item_id}.png", samples.read(item_id), meta, vmin=lo, vmax=hi,
+                             title=f"SYNTHETIC {item_id}")

@@ -1,0 +1,267 @@
+"""``medgen train-prior``: train a prior over the latents of an ``encode-latents`` artefact.
+
+Orchestration only: read the latents (and condition latents joined by subject), build the prior of
+``prior.kind`` (`BUILDERS`: kind -> model and loss; a new kind such as diffusion adds one entry),
+run the generic `Trainer` with the `PriorTask`, and write the artefact::
+
+    prior/  manifest.json  settings.yaml
+            model.safetensors  final weights (best validation loss or last; EMA weights if enabled)
+            model.json         kind, config (rebuilds the prior alone), latents (their summary),
+                               conditions, classes, grid_shape, num_embeddings, spatial_dims
+            checkpoints/  metrics.jsonl  plots/losses.png
+
+Token priors (transformer, maskgit, pixelcnn) need VQ codes; vqvae2 latents get a PixelCNN pair
+(a top prior with self-attention and a bottom prior conditioned on the top codes). Training
+reuses train-ae's loop: checkpoints, exact resume, DDP under torchrun, mixed precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ..artefacts import ArtefactWriter
+from ..data import make_loader, set_epoch
+from ..data.latents import LatentsDataset
+from ..errors import UsageError
+from ..io.store import store_path
+from ..settings.prior import PriorModelSettings, TrainPriorSettings
+from ..train import distributed as dist_utils
+from ..train.loop import Trainer
+from ..train.prior_task import LOSSES, LossFn, PriorObjective, PriorTask
+from ._priors import Latents, build_prior, open_latents, prior_config
+from ._training import finish_metrics, open_on_main, seed_everything, training_runtime, write_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainPriorResult:
+    """What ``run`` returns.
+
+    Args:
+        out: the artefact directory (written by rank 0).
+        summary: the manifest summary (empty on ranks other than 0).
+        model: the final prior (CPU, eval mode).
+        info: the ``model.json`` written (rank 0).
+        rank: this process's rank.
+    """
+
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+
+
+def _require_codes(lat: Latents, kind: str, what: str = "training data") -> None:
+    if not lat.summary.get("is_vq"):
+        raise UsageError(f"{lat.path} holds continuous {lat.summary.get('ae_kind', 'KL')} latents, but a {kind} prior "
+                         f"needs VQ codes as {what}; encode with a vqvae, vqgan or vqvae2 autoencoder.")
+    if lat.grid_shape is None:
+        raise UsageError(f"the items of {lat.path} ({lat.store_name}) have code grids of different shapes; "
+                         "a prior needs one grid, so preprocess with a fixed --shape.")
+
+
+# ------------------------------------------------------------------------------- models by kind
+Builder = Callable[[PriorModelSettings, Latents, list[dict[str, Any]], "int | None"], tuple[nn.Module, LossFn]]
+
+
+def _transformer(p: PriorModelSettings, lat: Latents, sources: list[dict[str, Any]], num_classes: int | None):
+    _require_codes(lat, p.kind)
+    if lat.is_vqvae2:
+        raise UsageError(f"{lat.path} holds vqvae2 codes (a top and a bottom grid); model them with prior.kind pixelcnn.")
+    common = dict(num_embeddings=lat.num_embeddings, grid_shape=lat.grid_shape, dim=p.dim, depth=p.depth,
+                  num_heads=p.num_heads, mlp_ratio=p.mlp_ratio, dropout=p.dropout, cond_sources=sources,
+                  num_classes=num_classes)
+    if p.kind == "transformer":
+        common.update(ordering=p.ordering, ordering_seed=p.ordering_seed)
+    return build_prior(p.kind, common), LOSSES[p.kind]
+
+
+def _pixelcnn(p: PriorModelSettings, lat: Latents, sources: list[dict[str, Any]], num_classes: int | None):
+    _require_codes(lat, p.kind)
+    if len(lat.grid_shape) != 2:
+        raise UsageError(f"{lat.path} holds {len(lat.grid_shape)}D code grids {lat.grid_shape}, but prior.kind pixelcnn "
+                         "models 2D grids only; use transformer or maskgit.")
+    common = dict(num_embeddings=lat.num_embeddings, hidden_channels=p.hidden_channels, num_layers=p.num_layers,
+                  kernel_size=p.kernel_size, dropout=p.dropout, num_classes=num_classes, num_heads=p.num_heads)
+    if not lat.is_vqvae2:
+        return build_prior("pixelcnn", {**common, "attention_layers": list(p.attention_layers or ())}), LOSSES["pixelcnn"]
+    every_fourth = [i for i in range(p.num_layers) if i % 4 == 3] or [p.num_layers - 1]
+    top = {**common, "attention_layers": list(p.attention_layers) if p.attention_layers is not None else every_fourth}
+    bottom = {**common, "attention_layers": [], "cond_num_embeddings": lat.num_embeddings}
+    return build_prior("pixelcnn", {"top": top, "bottom": bottom}), LOSSES["pixelcnn"]
+
+
+BUILDERS: dict[str, Builder] = {"transformer": _transformer, "maskgit": _transformer, "pixelcnn": _pixelcnn}
+
+
+# ------------------------------------------------------------------------------------------- data
+def _classes(settings: TrainPriorSettings, lat: Latents) -> list[str]:
+    attr = settings.condition.label
+    if attr is None:
+        return []
+    values = set()
+    for item_id in lat.store.ids():
+        value = lat.store.item_attrs(item_id).get(attr)
+        if value is None:
+            raise UsageError(f"item {item_id!r} of {lat.path} has no attribute {attr!r} (condition.label).")
+        values.add(str(value))
+    return sorted(values)
+
+
+def _datasets(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], classes: list[str]):
+    d = settings.data
+    levels = {"top": store_path(lat.path, "top")} if lat.is_vqvae2 else {}
+    common = dict(levels=levels, condition_stores=[c.store for c in conds],
+                  label_attr=settings.condition.label, classes=classes)
+    try:
+        train = LatentsDataset(lat.store, d.train_split, **common)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    val = None
+    if d.val_split and lat.store.ids(d.val_split):
+        try:
+            val = LatentsDataset(lat.store, d.val_split, **common)
+            if conds and [len(i) for i in val.samples[0][2]] != [len(i) for i in train.samples[0][2]]:
+                raise ValueError("its subjects have another number of condition items than the training subjects")
+        except ValueError as err:  # e.g. no validation subject has condition items
+            log.warning("validation split %r is unusable: %s", d.val_split, err)
+            val = None
+    if val is None:
+        log.warning("validation scores the first %d training items instead", settings.train.val_items)
+        val = train
+    if conds:
+        first = train.samples[0][2]
+        for cond, ids in zip(conds, first):
+            cond.items_per_subject = len(ids)
+    return train, Subset(val, range(min(settings.train.val_items, len(val))))
+
+
+def _cond_sources(conds: list[Latents]) -> list[dict[str, Any]]:
+    """One prefix source per condition item of a subject (views get their own positions)."""
+    return [{"num_embeddings": c.num_embeddings, "grid_shape": list(c.grid_shape)}
+            for c in conds for _ in range(c.items_per_subject)]
+
+
+# -------------------------------------------------------------------------------------------- run
+def run(settings: TrainPriorSettings, out: Path | str, *, overwrite: bool = False, resume: bool = False,
+        progress: Callable[[int, int, str], None] | None = None) -> TrainPriorResult:
+    """Train a prior and write the ``prior`` artefact ``out``.
+
+    Args:
+        settings: resolved settings.
+        out: output directory.
+        overwrite: replace an existing ``out`` (and discard an interrupted ``out.partial``).
+        resume: continue an interrupted ``out.partial`` from its last checkpoint.
+        progress: ``progress(step, total, text)`` after every optimizer step (rank 0 only).
+    """
+    with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads) as (
+            ctx, device, precision):
+        return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
+
+
+def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> TrainPriorResult:
+    d = settings.data
+    if not d.path:
+        raise UsageError("no latents given; pass --latents DIR (an encode-latents artefact) or set data.path.")
+    lat = open_latents(d.path, "latents", d.store)
+    conds = [open_latents(p, "condition", settings.condition.store) for p in settings.condition.paths]
+    for cond in conds:
+        _require_codes(cond, settings.prior.kind, what="condition")
+    if lat.is_vqvae2 and d.store != "main":
+        raise UsageError(f"data.store = {d.store!r}: for vqvae2 latents train on main (the top store is read with it).")
+    classes = _classes(settings, lat)
+    train, val = _datasets(settings, lat, conds, classes)
+
+    seed_everything(settings.runtime.seed)  # identical initial weights on every rank
+    try:
+        prior, loss_fn = BUILDERS[settings.prior.kind](settings.prior, lat, _cond_sources(conds), len(classes) or None)
+    except UsageError:
+        raise
+    except ValueError as err:  # a model constructor refused its arguments
+        raise UsageError(f"invalid prior settings: {err}") from None
+    objective = PriorObjective(prior, loss_fn).to(device)
+
+    refs = [lat.ref, *[c.ref for c in conds]]
+    writer = ArtefactWriter(out, "prior", settings.model_dump(mode="json"), refs, overwrite=overwrite,
+                            resume=resume) if ctx.is_main else None
+    partial = open_on_main(ctx, writer)
+
+    try:
+        loader = make_loader(train, d.batch_size, shuffle=True, seed=settings.runtime.seed, rank=ctx.rank,
+                             world_size=ctx.world_size, num_workers=d.num_workers, drop_last=True,
+                             pin_memory=device.type == "cuda")
+    except ValueError as err:
+        raise UsageError(f"data.batch_size = {d.batch_size}: {err}") from None
+
+    def loader_fn(epoch: int, start_batch: int):
+        set_epoch(loader, epoch, start_batch)
+        return loader
+
+    def val_batches():
+        return DataLoader(val, batch_size=d.batch_size, shuffle=False)
+
+    task = PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device,
+                     val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
+    seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
+    trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
+    resumed = trainer.resume() if resume else False
+    log.info("training a %s prior over %s codes %s (%d items) on %s (%s)%s", settings.prior.kind,
+             lat.summary.get("ae_kind"), lat.grid_shape, len(train), device, precision.name,
+             ", resumed" if resumed else "")
+    state = trainer.fit()
+
+    weights, chosen_step = trainer.final_weights()
+    final = PriorObjective(build_prior(settings.prior.kind, prior_config(prior)), loss_fn)
+    final.load_state_dict(weights)
+    final = final.prior.eval()
+    result = TrainPriorResult(out=out, model=final, rank=ctx.rank)
+    if ctx.is_main:
+        result.info = _model_info(settings, lat, conds, classes, final, chosen_step)
+        write_model(partial, final.state_dict(), result.info)
+        last_val = finish_metrics(partial)
+        result.summary = {
+            "kind": settings.prior.kind, "grid_shape": lat.grid_shape, "num_embeddings": lat.num_embeddings,
+            "conditional": bool(conds), "num_classes": len(classes) or None, "steps": state.step,
+            "stopped_early": state.stopped_early, "selected_step": chosen_step, "best_step": state.best_step,
+            "best_loss": state.best_value, "val": last_val, "minutes": round(state.elapsed / 60.0, 3),
+            "device": str(device), "precision": precision.name, "world_size": ctx.world_size,
+            "parameters": sum(p.numel() for p in final.parameters()),
+        }
+        writer.commit(result.summary)
+        log.info("wrote %s", out)
+    dist_utils.barrier()
+    return result
+
+
+def _model_info(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], classes: list[str],
+                final: nn.Module, step: int) -> dict[str, Any]:
+    return {
+        "kind": settings.prior.kind,
+        "config": prior_config(final),
+        "latents": lat.summary,
+        "latents_path": str(lat.path.resolve()),
+        "store": lat.store_name,
+        "levels": ["top", "bottom"] if lat.is_vqvae2 else ["main"],
+        "grid_shape": lat.grid_shape,
+        "top_grid_shape": lat.summary["stores"]["top"]["grid_shape"] if lat.is_vqvae2 else None,
+        "num_embeddings": lat.num_embeddings,
+        "spatial_dims": lat.summary.get("spatial_dims"),
+        "conditions": [{"path": str(c.path.resolve()), "store": c.store_name, "role": "condition",
+                        "num_embeddings": c.num_embeddings, "grid_shape": c.grid_shape,
+                        "items_per_subject": c.items_per_subject} for c in conds],
+        "num_classes": len(classes) or None,
+        "classes": classes,
+        "label_attr": settings.condition.label,
+        "weights": "ema" if settings.train.ema else "model",
+        "step": step,
+    }
