@@ -269,8 +269,8 @@ def train_prior_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
-    kind: Optional[str] = typer.Option(None, "--kind", help="Prior: transformer, maskgit or pixelcnn."),
-    condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Latents artefact joined by subject as a prefix (repeatable)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Prior: transformer, maskgit, pixelcnn or diffusion."),
+    condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Latents artefact joined by subject: a prefix for token priors, channels for diffusion (repeatable)."),
     label: Optional[str] = typer.Option(None, "--label", help="Item attribute whose values are class labels, e.g. view."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
@@ -278,7 +278,7 @@ def train_prior_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
-    """Train a prior (causal transformer, MaskGIT or gated PixelCNN) over the codes of encode-latents.
+    """Train a prior (causal transformer, MaskGIT, gated PixelCNN or latent diffusion UNet) over encode-latents' output.
 
     Under torchrun (torchrun --nproc_per_node=N -m medgen_cli.cli train-prior ...) it trains with DistributedDataParallel; only rank 0 writes.
     """
@@ -300,7 +300,8 @@ def train_prior_cmd(
             best = (f", best validation loss {s['best_loss']:.4f} at step {s['best_step']}"
                     if s.get("best_loss") is not None else "")
             bits = f", {val['bits_per_token']:.3f} bits/token" if "bits_per_token" in val else ""
-            console.print(f"[green]wrote[/] {out} ({s['kind']} over {s['grid_shape']} codes, {s['steps']} steps{best}{bits}; "
+            what = "latents" if s["kind"] == "diffusion" else "codes"
+            console.print(f"[green]wrote[/] {out} ({s['kind']} over {s['grid_shape']} {what}, {s['steps']} steps{best}{bits}; "
                           f"weights from step {s['selected_step']})")
 
 
@@ -317,7 +318,10 @@ def sample_cmd(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Draw among the K most likely tokens (alone it implies --strategy top-k)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Draw from the smallest set of tokens whose probability reaches P."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Divide the logits by T (0 = greedy)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="MaskGIT decoding iterations."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="MaskGIT decoding iterations (default 12), or diffusion denoising steps (default: the prior's, 50)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Diffusion priors: ddim or ddpm (default: the prior's, ddim)."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="Diffusion priors: DDIM stochasticity, 0 = deterministic (default: the prior's, 0)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Diffusion priors: classifier-free guidance; 1 = the conditional model, 0 = the unconditional one (default: the prior's, 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples drawn at once."),
     condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Condition latents artefact (default: those the prior was trained with; repeatable)."),
     subject: Optional[str] = typer.Option(None, "--subject", help="Generate for this subject's condition items."),
@@ -337,6 +341,7 @@ def sample_cmd(
         flags = {"prior": str(prior) if prior else None, "num_samples": num_samples, "runtime.seed": seed,
                  "sampler.strategy": strategy, "sampler.top_k": top_k, "sampler.top_p": top_p,
                  "sampler.temperature": temperature, "sampler.steps": steps, "batch_size": batch_size,
+                 "sampler.scheduler": sampler, "sampler.eta": eta, "sampler.guidance_scale": guidance_scale,
                  "condition.paths": [str(c) for c in condition] if condition else None,
                  "condition.subject": subject, "condition.all_subjects": True if all_subjects else None,
                  "condition.label": label, "runtime.device": device}

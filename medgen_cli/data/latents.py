@@ -10,6 +10,18 @@ int64 tensors (what embeddings take) and KL latents as float32, both without an 
   (the VQ-VAE-2 top codes), condition stores joined by subject (`PairedDataset`'s rule: all items
   of the subject, ordered by ``view`` then id) and a class label from an item attribute.
 - `subject_conditions`: the condition grids of one subject, in the same order, for sampling.
+
+Diffusion priors model continuous tensors (Rombach et al. 2022, sec. 3 and 4.3.2):
+
+- `LatentCodec`: stored latents -> the ``(B, C, *grid)`` float tensors a diffusion prior models.
+  KL latents are stored already multiplied by the autoencoder's ``latent_scale`` and are modelled as
+  stored; VQ codes become their codebook vectors times ``scale`` (1 / std of the training latents,
+  `unit_scale`), so the continuous latents of a VQ autoencoder have unit variance too.
+- `resize_latents` / `condition_channels`: condition latents joined by subject, brought to the
+  target's grid and concatenated as channels. A grid of another size (a ``downsample:2`` store
+  encoded with the same autoencoder has half the grid) is resized by (bi/tri)linear interpolation
+  with ``align_corners=False``, so voxel centres line up as in `latent_meta` (image voxel f*v..f*v+f-1).
+- `ContinuousLatentsDataset`: a `LatentsDataset` as ``{"x0", "cond", "label", ...}`` for diffusion.
 """
 
 from __future__ import annotations
@@ -19,13 +31,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..io.meta import ImageMeta, IntensityMapping
 from ..io.store import Store
 from .datasets import PairedDataset, StoreLike, _common_shape, _split_ids, _view_order, open_store
 
-__all__ = ["LatentsDataset", "condition_subjects", "latent_meta", "read_latent", "subject_conditions"]
+__all__ = ["ContinuousLatentsDataset", "LatentCodec", "LatentsDataset", "condition_channels", "condition_subjects",
+           "latent_meta", "read_latent", "resize_latents", "subject_conditions", "unit_scale"]
+
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}  # by number of spatial axes
 
 # attributes describing an image's values, meaningless for its latents
 _VALUE_ATTRS = ("background", "complete")
@@ -148,3 +165,113 @@ def condition_subjects(stores: Sequence[StoreLike], split: str | None = None) ->
         subjects = set(open_store(s).subjects(split))
         common = subjects if common is None else common & subjects
     return sorted(common or [])
+
+
+# ------------------------------------------------------------------------------ continuous latents
+class LatentCodec:
+    """Stored latents -> the continuous tensors a diffusion prior models, and back to autoencoder units.
+
+    Args:
+        codebook: (K, D) codebook of a VQ autoencoder (codes are looked up in it); None for KL
+            latents (stored floats are modelled as they are).
+        scale: modelled units per autoencoder latent unit: ``latent_scale`` for KL latents (already
+            applied when they were stored), ``unit_scale`` of the training codes for VQ latents.
+    """
+
+    def __init__(self, codebook: Tensor | None = None, scale: float = 1.0):
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        self.codebook = None if codebook is None else codebook.detach().float().cpu().clone()
+        self.scale = float(scale)
+
+    def channels(self, stored_channels: int | None = None) -> int:
+        """Channels of the modelled tensor (the codebook width, else those of the stored floats)."""
+        if self.codebook is not None:
+            return int(self.codebook.shape[1])
+        if stored_channels is None:
+            raise ValueError("KL latents: pass the stored channels")
+        return int(stored_channels)
+
+    def __call__(self, stored: Tensor) -> Tensor:
+        """(B, *grid) integer codes or (B, C, *grid) stored floats -> (B, C, *grid) float32."""
+        if self.codebook is None:
+            if stored.dtype.is_floating_point:
+                return stored.float()
+            raise ValueError("these latents are VQ codes; build the codec with the autoencoder's codebook")
+        if stored.dtype.is_floating_point:
+            raise ValueError(f"expected integer VQ codes, got {stored.dtype}")
+        codebook = self.codebook.to(stored.device)
+        return F.embedding(stored.long(), codebook).movedim(-1, 1) * self.scale
+
+    def to_autoencoder(self, x: Tensor) -> Tensor:
+        """Modelled tensor -> the autoencoder's latent units (what ``decode_latents`` takes)."""
+        return x / self.scale
+
+
+def unit_scale(codebook: Tensor, counts: Tensor) -> float:
+    """1 / std of the latent values of codes used ``counts`` (K,) times (all elements pooled)."""
+    codebook = codebook.detach().double().cpu()
+    weights = counts.double().cpu()
+    if weights.sum() <= 0:
+        raise ValueError("no codes were counted")
+    weights = weights / weights.sum()
+    mean = (weights[:, None] * codebook).sum() / codebook.shape[1]
+    var = (weights[:, None] * (codebook - mean) ** 2).sum() / codebook.shape[1]
+    if not var > 0:
+        raise ValueError("the latents of these codes are constant; their scale is undefined")
+    return float(var.rsqrt())
+
+
+def resize_latents(x: Tensor, grid: Sequence[int]) -> Tensor:
+    """(B, C, *g) -> (B, C, *grid) by (bi/tri)linear interpolation (unchanged when the sizes agree)."""
+    grid = tuple(int(g) for g in grid)
+    if tuple(x.shape[2:]) == grid:
+        return x
+    if len(grid) != x.ndim - 2:
+        raise ValueError(f"cannot resize a {x.ndim - 2}D grid {tuple(x.shape[2:])} to the {len(grid)}D grid {grid}")
+    return F.interpolate(x, size=grid, mode=_INTERPOLATION[len(grid)], align_corners=False)
+
+
+def condition_channels(grids: Sequence[Tensor], codecs: Sequence[LatentCodec], grid: Sequence[int]) -> Tensor:
+    """Condition grids (one per condition item, batched) -> (B, sum of channels, *grid) on the target's grid."""
+    if len(grids) != len(codecs):
+        raise ValueError(f"{len(grids)} condition grids but {len(codecs)} codecs")
+    return torch.cat([resize_latents(codec(g), grid) for g, codec in zip(grids, codecs)], dim=1)
+
+
+class ContinuousLatentsDataset(Dataset):
+    """A `LatentsDataset` as diffusion training data.
+
+    Each sample is ``{"x0": (C, *grid) float32, "id", "subject"}`` plus ``"cond": (C_cond, *grid)``
+    when the base dataset has condition stores (every condition item through the codec of its
+    store, resized to ``grid`` and concatenated) and ``"label"`` when it has labels.
+
+    Args:
+        base: the latents dataset (``codes``, ``condition`` and ``label`` as it returns them).
+        codec: the codec of the target latents.
+        condition_codecs: one codec per condition store of ``base``.
+    """
+
+    def __init__(self, base: LatentsDataset, codec: LatentCodec, condition_codecs: Sequence[LatentCodec] = ()):
+        if len(condition_codecs) != len(base.conditions):
+            raise ValueError(f"{len(base.conditions)} condition stores but {len(condition_codecs)} codecs")
+        self.base = base
+        self.codec = codec
+        self.condition_codecs = list(condition_codecs)
+
+    @property
+    def samples(self):
+        return self.base.samples
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.base[index]
+        x0 = self.codec(item.pop("codes")[None])[0]
+        out = {"x0": x0, **item}
+        if "condition" in item:
+            counts = [len(ids) for ids in self.base.samples[index][2]]
+            codecs = [c for c, n in zip(self.condition_codecs, counts) for _ in range(n)]
+            out["cond"] = condition_channels([g[None] for g in out.pop("condition")], codecs, x0.shape[1:])[0]
+        return out

@@ -1,10 +1,11 @@
 """Settings of ``medgen encode-latents``, ``medgen train-prior`` and ``medgen sample``.
 
 ``train-prior`` shares ``data``, ``optim``, ``train`` and ``runtime`` with ``train-ae``; its own
-sections are ``prior`` (the architecture, chosen by ``prior.kind``) and ``condition`` (latents
-artefacts joined by subject, class labels). A new prior kind adds its name to ``PRIOR_KINDS``, its
-fields to ``PriorModelSettings`` (listed in ``_OWN_FIELDS``) and a task builder in
-``steps/train_prior.py`` and a sampler in ``steps/sample.py``.
+sections are ``prior`` (the architecture, chosen by ``prior.kind``), ``condition`` (latents
+artefacts joined by subject, class labels) and ``diffusion`` (the UNet, noise schedule, loss,
+classifier-free guidance and sampling defaults of ``prior.kind = diffusion``). A new token prior kind
+adds its name to ``PRIOR_KINDS``, its fields to ``PriorModelSettings`` (listed in ``_OWN_FIELDS``),
+a task builder in ``steps/train_prior.py`` and a sampler in ``steps/sample.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .base import IntTuple, Section
 from .common import DataSettings, RuntimeSettings
 from .train import OptimSettings, TrainSettings
 
-PRIOR_KINDS = ("transformer", "maskgit", "pixelcnn")
+PRIOR_KINDS = ("transformer", "maskgit", "pixelcnn", "diffusion")
 TOKEN_KINDS = ("transformer", "maskgit", "pixelcnn")  # priors over VQ codes
 
 
@@ -38,16 +39,18 @@ class EncodeSettings(Section):
 
 # ------------------------------------------------------------------------------------- train-prior
 class PriorModelSettings(Section):
-    kind: Literal["transformer", "maskgit", "pixelcnn"] = Field(
+    kind: Literal["transformer", "maskgit", "pixelcnn", "diffusion"] = Field(
         "transformer",
-        description="Prior: transformer (causal, any grid), maskgit (masked tokens, any grid) or\n"
-        "pixelcnn (gated PixelCNN, 2D grids; for vqvae2 latents a top and a bottom prior).",
+        description="Prior: transformer (causal, any grid), maskgit (masked tokens, any grid),\n"
+        "pixelcnn (gated PixelCNN, 2D grids; for vqvae2 latents a top and a bottom prior), or\n"
+        "diffusion (a UNet denoiser over KL latents or the continuous latents of a VQ autoencoder;\n"
+        "its settings are the diffusion section).",
     )
     dim: int = Field(256, ge=8, description="transformer, maskgit: token width.")
     depth: int = Field(8, ge=1, description="transformer, maskgit: transformer blocks.")
     num_heads: int = Field(8, ge=1, description="Attention heads (transformer, maskgit; pixelcnn attention layers).")
     mlp_ratio: float = Field(4.0, gt=0, description="transformer, maskgit: MLP width relative to dim.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout (transformer, maskgit, pixelcnn; diffusion: diffusion.dropout).")
     ordering: Literal["raster", "snake", "zigzag", "hilbert", "random"] = Field(
         "raster", description="transformer: order in which grid cells are generated (raster, snake, zigzag, hilbert, random)."
     )
@@ -74,6 +77,10 @@ class PriorModelSettings(Section):
             if bad:
                 raise ValueError(f"prior.attention_layers = {list(self.attention_layers)} must index layers "
                                  f"0..{self.num_layers - 1}")
+        if self.kind == "diffusion":
+            moved = [n for n in ("num_heads", "dropout") if getattr(self, n) != type(self).model_fields[n].default]
+            if moved:
+                raise ValueError(f"prior.{moved[0]} does not apply to prior.kind = 'diffusion'; set diffusion.{moved[0]}")
         # a field of another kind left at a non-default value is almost certainly a mistake
         foreign = set().union(*(f for k, f in _OWN_FIELDS.items() if k != self.kind)) - _OWN_FIELDS[self.kind]
         changed = sorted(n for n in foreign if getattr(self, n) != type(self).model_fields[n].default)
@@ -86,7 +93,84 @@ _OWN_FIELDS: dict[str, set[str]] = {
     "transformer": {"dim", "depth", "mlp_ratio", "ordering", "ordering_seed"},
     "maskgit": {"dim", "depth", "mlp_ratio"},
     "pixelcnn": {"hidden_channels", "num_layers", "kernel_size", "attention_layers"},
+    "diffusion": set(),  # its fields are the diffusion section
 }
+
+
+class DiffusionSettings(Section):
+    """``prior.kind = diffusion``: a `UNetPrior` over continuous latents (Rombach et al. 2022)."""
+
+    schedule: Literal["linear", "scaled_linear", "cosine"] = Field(
+        "scaled_linear", description="Noise schedule: linear, scaled_linear (latent diffusion's) or cosine (Nichol & Dhariwal)."
+    )
+    beta_start: float = Field(0.00085, gt=0, lt=1, description="First beta of the linear schedules (cosine ignores it).")
+    beta_end: float = Field(0.012, gt=0, lt=1, description="Last beta of the linear schedules (cosine ignores it).")
+    num_train_timesteps: int = Field(1000, ge=2, description="Diffusion steps T of training.")
+    prediction: Literal["eps", "v", "x0"] = Field("eps", description="What the UNet predicts: eps (the noise), v or x0.")
+    min_snr_gamma: float | None = Field(
+        None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual); null = plain MSE."
+    )
+    base_channels: int = Field(64, ge=1, description="UNet: channels of the first level.")
+    channel_mults: IntTuple = Field((1, 2, 4), description="UNet: channel multiplier per level (one 2x downsampling\n"
+                                    "between levels: the latent grid must be divisible by 2^(levels-1)).")
+    num_res_blocks: int = Field(2, ge=1, description="UNet: residual blocks per level.")
+    attention_levels: IntTuple = Field((), description="UNet: levels (0-based) with self-attention after each block.")
+    mid_attention: bool = Field(True, description="UNet: self-attention in the middle block.")
+    num_heads: int = Field(4, ge=1, description="UNet: attention heads.")
+    num_groups: int = Field(8, ge=1, description="UNet: group-norm groups (must divide every level's channels).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="UNet: dropout in the residual blocks.")
+    p_uncond: float = Field(
+        0.1, ge=0, lt=1, description="Classifier-free guidance: probability that a training item's condition\n"
+        "(condition latents and label) is dropped; unconditional priors ignore it."
+    )
+    sample_every: int = Field(
+        0, ge=0, description="Second validation tier: every this many steps (and at the end), sample\n"
+        "sample_items validation items with DDIM, decode them and log SSIM/PSNR against their real\n"
+        "images (conditional priors); 0 = off. Runs at the first validation at or after each multiple."
+    )
+    sample_items: int = Field(4, ge=1, description="Validation items sampled by the second tier.")
+    sample_steps: int = Field(10, ge=1, description="DDIM steps of the second validation tier.")
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="Default reverse process of medgen sample (--sampler).")
+    steps: int = Field(50, ge=1, description="Default denoising steps of medgen sample (--steps).")
+    eta: float = Field(0.0, ge=0, description="Default DDIM eta of medgen sample (0 = deterministic; --eta).")
+    guidance_scale: float = Field(
+        1.0, ge=0, description="Default classifier-free guidance scale of medgen sample (1 = the conditional model; --guidance-scale)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        levels = len(self.channel_mults)
+        if not levels or any(m < 1 for m in self.channel_mults):
+            raise ValueError(f"diffusion.channel_mults = {list(self.channel_mults)} must be positive integers")
+        bad = [i for i in self.attention_levels if not 0 <= i < levels]
+        if bad:
+            raise ValueError(f"diffusion.attention_levels = {list(self.attention_levels)} must index the "
+                             f"{levels} levels of diffusion.channel_mults (0..{levels - 1})")
+        for m in (1, *self.channel_mults):
+            if (self.base_channels * m) % self.num_groups:
+                raise ValueError(f"diffusion.base_channels x {m} = {self.base_channels * m} channels must be divisible "
+                                 f"by diffusion.num_groups = {self.num_groups}")
+        attended = [self.channel_mults[i] for i in self.attention_levels]
+        attended += [self.channel_mults[-1]] if self.mid_attention else []
+        for m in attended:
+            if (self.base_channels * m) % self.num_heads:
+                raise ValueError(f"diffusion.base_channels x {m} = {self.base_channels * m} channels with attention "
+                                 f"must be divisible by diffusion.num_heads = {self.num_heads}")
+        if self.schedule != "cosine" and self.beta_start > self.beta_end:
+            raise ValueError(f"diffusion.beta_start = {self.beta_start} must not exceed diffusion.beta_end = {self.beta_end}")
+        for name in ("steps", "sample_steps"):
+            if getattr(self, name) > self.num_train_timesteps:
+                raise ValueError(f"diffusion.{name} = {getattr(self, name)} must not exceed "
+                                 f"diffusion.num_train_timesteps = {self.num_train_timesteps}")
+        if self.guidance_scale != 1.0 and self.p_uncond == 0:
+            raise ValueError(f"diffusion.guidance_scale = {self.guidance_scale} needs diffusion.p_uncond > 0 "
+                             "(the prior must learn the unconditional model too)")
+        return self
+
+    @property
+    def grid_multiple(self) -> int:
+        """Every latent grid axis must be a multiple of this (the UNet halves it between levels)."""
+        return 2 ** (len(self.channel_mults) - 1)
 
 
 class ConditionSettings(Section):
@@ -107,6 +191,9 @@ class TrainPriorSettings(Section):
     data: DataSettings = Field(default_factory=DataSettings, description="Training data: a latents artefact.")
     prior: PriorModelSettings = Field(default_factory=PriorModelSettings, description="Prior architecture.")
     condition: ConditionSettings = Field(default_factory=ConditionSettings, description="Conditioning by subject and label.")
+    diffusion: DiffusionSettings = Field(
+        default_factory=DiffusionSettings, description="prior.kind diffusion: UNet, noise schedule, loss, guidance, sampling."
+    )
     optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimizer and learning-rate schedule.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Length, validation, checkpoints, EMA, precision.")
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Seed, device and threads.")
@@ -121,7 +208,15 @@ class TrainPriorSettings(Section):
         if self.train.max_minutes is not None and not math.isfinite(self.train.max_minutes):
             raise ValueError(f"train.max_minutes = {self.train.max_minutes} must be a finite number of minutes")
         if self.condition.paths and self.prior.kind == "pixelcnn":
-            raise ValueError("condition.paths needs prior.kind transformer or maskgit (pixelcnn takes labels only)")
+            raise ValueError("condition.paths needs prior.kind transformer or maskgit or diffusion (pixelcnn takes labels only)")
+        if self.prior.kind != "diffusion":
+            changed = [n for n, f in DiffusionSettings.model_fields.items() if getattr(self.diffusion, n) != f.default]
+            if changed:
+                raise ValueError(f"diffusion.{changed[0]} applies to prior.kind = 'diffusion' only, not "
+                                 f"{self.prior.kind!r}; remove it or change the kind")
+        elif self.diffusion.guidance_scale != 1.0 and not (self.condition.paths or self.condition.label):
+            raise ValueError(f"diffusion.guidance_scale = {self.diffusion.guidance_scale} needs a conditional prior "
+                             "(condition.paths or condition.label)")
         return self
 
 
@@ -136,9 +231,20 @@ class SamplerSettings(Section):
     top_k: int | None = Field(None, ge=1, description="Draw among the k most likely tokens (implies strategy top-k under auto).")
     top_p: float | None = Field(None, gt=0, le=1, description="Draw from the smallest set of tokens whose mass reaches p.")
     temperature: float = Field(1.0, ge=0, description="Logits are divided by it (0 = greedy).")
-    steps: int = Field(12, ge=1, description="maskgit: decoding iterations.")
+    steps: int | None = Field(
+        None, ge=1, description="maskgit: decoding iterations (null = 12); diffusion: denoising steps\n"
+        "(null = the prior's diffusion.steps)."
+    )
     noise_temperature: float = Field(4.5, ge=0, description="maskgit: Gumbel noise on the confidences, annealed to 0.")
     use_cache: bool = Field(True, description="transformer: reuse keys and values of earlier tokens (same tokens, faster).")
+    scheduler: Literal["ddim", "ddpm"] | None = Field(
+        None, description="diffusion: reverse process, ddim (Song et al.) or ddpm (ancestral); null = the prior's default."
+    )
+    eta: float | None = Field(None, ge=0, description="diffusion: DDIM stochasticity (0 = deterministic); null = the prior's default.")
+    guidance_scale: float | None = Field(
+        None, ge=0, description="diffusion: classifier-free guidance scale (1 = the conditional model alone,\n"
+        "0 = the unconditional one); null = the prior's default."
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -149,6 +255,16 @@ class SamplerSettings(Section):
         if self.strategy == "greedy" and (self.top_k is not None or self.top_p is not None):
             raise ValueError("sampler.strategy = 'greedy' takes no top_k or top_p; remove them or choose top-k/top-p")
         return self
+
+    def diffusion_options(self) -> dict[str, float | str]:
+        """The diffusion options given (scheduler, steps, eta, guidance_scale), without the unset ones."""
+        values = {"scheduler": self.scheduler, "steps": self.steps, "eta": self.eta, "guidance_scale": self.guidance_scale}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def token_options(self) -> list[str]:
+        """The token-sampling options set away from their defaults (a diffusion prior refuses them)."""
+        fields = ("strategy", "top_k", "top_p", "temperature", "noise_temperature", "use_cache")
+        return [n for n in fields if getattr(self, n) != type(self).model_fields[n].default]
 
     def token_strategy(self) -> str:
         """The per-token rule of `medgen_cli.sampling.sample_tokens` (greedy, top-k, top-p, multinomial)."""
@@ -188,7 +304,7 @@ class SampleSettings(Section):
     prior: str = Field("", description="The prior artefact (made by medgen train-prior).")
     num_samples: int = Field(16, ge=1, description="Samples to draw (per subject when conditioned on subjects).")
     batch_size: int = Field(16, ge=1, description="Samples drawn at once.")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="How tokens are drawn.")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="How tokens (or diffusion latents) are drawn.")
     condition: SampleConditionSettings = Field(
         default_factory=SampleConditionSettings, description="Subjects and labels for conditional priors."
     )

@@ -4,7 +4,9 @@
 kind to a builder (a VQ-VAE-2 PixelCNN prior is a ``ModuleDict`` of its ``top`` and ``bottom``
 PixelCNNs, its config ``{"top": {...}, "bottom": {...}}``). ``load_prior`` reads a prior artefact;
 ``open_latents`` opens a store of a latents artefact (training data or condition);
-``prior_lineage`` finds the latents, autoencoder and data store behind a prior.
+``prior_lineage`` finds the latents, autoencoder and data store behind a prior; ``latent_codec``
+turns the latents of an artefact into the continuous tensors a diffusion prior models (the codebook
+of a VQ autoencoder is found through the lineage).
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from ..artefacts import ArtefactError, InputRef, find_upstream, input_ref, manifest_sha256, require
+from ..data.latents import LatentCodec, unit_scale
 from ..errors import UsageError
 from ..io.store import Store, store_path
-from ..models.priors import GatedPixelCNN, MaskGITPrior, TransformerPrior
+from ..models.priors import GatedPixelCNN, MaskGITPrior, TransformerPrior, UNetPrior
+from ._load import load_autoencoder
 from ._training import MODEL_FILE, MODEL_JSON
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ PRIOR_MODELS: dict[str, Callable[..., nn.Module]] = {
     "transformer": TransformerPrior,
     "maskgit": MaskGITPrior,
     "pixelcnn": _pixelcnn,
+    "diffusion": UNetPrior,
 }
 
 
@@ -162,3 +168,39 @@ def prior_lineage(prior: Path | str) -> Lineage:
     if not latents:
         raise UsageError(f"{prior} does not name the latents it was trained on; re-run medgen train-prior.")
     return latents_lineage(latents[0].path)
+
+
+def latent_codec(lat: Latents, scale: float | None = None, split: str | None = None,
+                 autoencoder: nn.Module | None = None) -> LatentCodec:
+    """The `LatentCodec` of a latents artefact's store, for a diffusion prior.
+
+    Args:
+        lat: the opened latents.
+        scale: VQ codes: the scale recorded at training; None = computed from the codes of ``split``
+            (1 / std of their codebook vectors). KL latents always use their ``latent_scale``.
+        split: the split whose codes give the VQ scale (None = every item).
+        autoencoder: the autoencoder behind ``lat`` when already loaded (else found through the lineage).
+    """
+    summary = lat.summary
+    if lat.is_vqvae2:
+        raise UsageError(f"{lat.path} holds vqvae2 codes (a top and a bottom grid); a diffusion prior models "
+                         "KL latents or the codes of a single-level VQ autoencoder (vqvae, vqgan).")
+    if not summary.get("is_vq"):
+        return LatentCodec(None, float(summary.get("latent_scale") or 1.0))
+    if autoencoder is None:
+        autoencoder, _ = load_autoencoder(latents_lineage(lat.path).autoencoder)
+    quantizer = getattr(autoencoder, "quantizer", None)
+    if quantizer is None:
+        raise UsageError(f"the autoencoder behind {lat.path} has no single codebook; re-encode with a vqvae or vqgan.")
+    codebook = quantizer.codebook.detach().float().cpu()
+    if scale is None:
+        ids = lat.store.ids(split) if split else lat.store.ids()
+        counts = np.zeros(codebook.shape[0], dtype=np.int64)
+        for item_id in ids:
+            counts += np.bincount(np.asarray(lat.store.array(item_id)[...], dtype=np.int64).ravel(),
+                                  minlength=codebook.shape[0])[: codebook.shape[0]]
+        try:
+            scale = unit_scale(codebook, torch.from_numpy(counts))
+        except ValueError as err:
+            raise UsageError(f"{lat.path} ({split or 'every split'}): {err}.") from None
+    return LatentCodec(codebook, scale)

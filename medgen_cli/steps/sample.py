@@ -1,4 +1,4 @@
-"""``medgen sample``: draw codes from a trained prior, decode them and write a ``samples`` artefact.
+"""``medgen sample``: draw codes (or diffusion latents) from a trained prior, decode them and write a ``samples`` artefact.
 
 Orchestration only. The autoencoder is found through the lineage (prior -> latents -> autoencoder)
 and the training data through the latents' ``data`` input. Writes::
@@ -8,11 +8,15 @@ and the training data through the latents' ``data`` input. Writes::
                                sample_0000... (conditional: <subject>_s00...), with the geometry and
                                intensity mapping of a training item, attrs synthetic, seed, strategy,
                                condition_subject
-              codes.zarr       the sampled code grids (int16; codes_top.zarr: vqvae2 top grids)
+              codes.zarr       the sampled code grids (int16; codes_top.zarr: vqvae2 top grids); diffusion
+                               priors: float32 latents (KL: times latent_scale, as encode-latents stores
+                               them; VQ: the continuous latents before they are snapped to the codebook)
               nifti/<id>.nii.gz  physical units (HU for CT), marked SYNTHETIC in the header
               previews/        samples.png (a grid for 2D, orthogonal views for 3D), <id>.png per volume
 
 `SAMPLERS` maps a prior kind to a function drawing a batch of codes (a new kind adds one entry).
+Diffusion priors run DDIM or DDPM with classifier-free guidance (``sampler.scheduler``, ``steps``,
+``eta``, ``guidance_scale``; unset ones take the prior's defaults, see ``steps/_diffusion.py``).
 Each batch has its own generator seeded from (seed, subject, batch), so the same seed gives the
 same samples, and re-running an interrupted command resumes it with the same result.
 """
@@ -39,12 +43,14 @@ from ..io.writers import write_nifti
 from ..sampling import generate, maskgit_generate
 from ..settings.prior import SamplerSettings, SampleSettings
 from ..train.precision import select_device
+from . import _diffusion
 from ._load import load_autoencoder
-from ._priors import load_prior, open_latents, prior_lineage
+from ._priors import Latents, load_prior, open_latents, prior_lineage
 
 log = logging.getLogger(__name__)
 
 MAX_VOLUME_PREVIEWS = 8
+MASKGIT_STEPS = 12  # decoding iterations when sampler.steps is unset
 
 Sampler = Callable[[nn.Module, dict[str, Any], int, "list[Tensor] | None", "Tensor | None", SamplerSettings,
                     torch.Generator], dict[str, Tensor]]
@@ -77,7 +83,7 @@ def _sample_transformer(model, info, n, cond, labels, s: SamplerSettings, genera
 
 
 def _sample_maskgit(model, info, n, cond, labels, s: SamplerSettings, generator) -> dict[str, Tensor]:
-    tokens = maskgit_generate(model, num_tokens=model.num_tokens, batch_size=n, steps=s.steps,
+    tokens = maskgit_generate(model, num_tokens=model.num_tokens, batch_size=n, steps=s.steps or MASKGIT_STEPS,
                               noise_temperature=s.noise_temperature, condition=_prefix_condition(cond, labels),
                               sampler_kwargs=s.token_kwargs(), generator=generator)
     return {"main": model.tokens_to_grid(tokens)}
@@ -91,12 +97,23 @@ def _sample_pixelcnn(model, info, n, cond, labels, s: SamplerSettings, generator
     return {"main": model.sample((n, *info["grid_shape"]), **kwargs)}
 
 
+def _sample_diffusion(model, info, n, cond, labels, s: SamplerSettings, generator) -> dict[str, Tensor]:
+    options = _diffusion.sampling_options(info, s, "the prior")  # checked by _strategy already
+    return _diffusion.sample_latents(model, info, n, cond, labels, options, generator)
+
+
 SAMPLERS: dict[str, Sampler] = {"transformer": _sample_transformer, "maskgit": _sample_maskgit,
-                                "pixelcnn": _sample_pixelcnn}
+                                "pixelcnn": _sample_pixelcnn, "diffusion": _sample_diffusion}
 
 
-def _strategy(kind: str, s: SamplerSettings, prior: str) -> str:
+def _strategy(kind: str, s: SamplerSettings, prior: str, info: dict[str, Any]) -> str:
     """The strategy recorded with each sample; refuses combinations the prior cannot do."""
+    if kind == "diffusion":
+        return _diffusion.sampling_options(info, s, prior)["scheduler"]
+    given = [k for k in ("scheduler", "eta", "guidance_scale") if k in s.diffusion_options()]
+    if given:
+        flag = {"scheduler": "--sampler"}.get(given[0], "--" + given[0].replace("_", "-"))
+        raise UsageError(f"{flag} applies to diffusion priors, but {prior} is a {kind} prior.")
     if s.strategy == "maskgit" and kind != "maskgit":
         raise UsageError(f"--strategy maskgit needs a maskgit prior, but {prior} is a {kind} prior.")
     token = s.token_strategy()
@@ -108,7 +125,9 @@ def _strategy(kind: str, s: SamplerSettings, prior: str) -> str:
 @torch.no_grad()
 def _decode(ae: nn.Module, latents: dict[str, Any], draws: dict[str, Tensor]) -> np.ndarray:
     """Sampled codes (or latents) -> (B, *spatial) images in the training data's stored values."""
-    if latents.get("is_vq"):
+    if latents.get("is_vq") and draws["main"].dtype.is_floating_point:  # a diffusion prior's VQ latents
+        x = ae.decode_latents(draws["main"].float())  # snapped to the nearest codes
+    elif latents.get("is_vq"):
         x = ae.decode_indices(draws["top"], draws["main"]) if "top" in draws else ae.decode_indices(draws["main"])
     else:  # continuous latents were stored times latent_scale
         x = ae.decode_latents(draws["main"].float() / float(latents["latent_scale"]))
@@ -129,8 +148,8 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "subject"
 
 
-def _jobs(settings: SampleSettings, info: dict[str, Any], device: torch.device) -> tuple[list[_Job], list]:
-    """The samples to draw, and the condition artefacts read (for the manifest)."""
+def _jobs(settings: SampleSettings, info: dict[str, Any], device: torch.device) -> tuple[list[_Job], list[Latents]]:
+    """The samples to draw, and the condition artefacts read."""
     c, n = settings.condition, settings.num_samples
     trained = info.get("conditions") or []
     if not trained:
@@ -172,7 +191,7 @@ def _jobs(settings: SampleSettings, info: dict[str, Any], device: torch.device) 
         jobs.append(_Job([f"{_safe(subject)}_s{k:02d}" for k in range(n)], grids, subject))
     if not jobs:
         raise UsageError("no subject has the number of condition items per subject the prior was trained with.")
-    return jobs, [lat.ref for lat in conds]
+    return jobs, conds
 
 
 def _labels(settings: SampleSettings, info: dict[str, Any], count: int, offset: int,
@@ -238,7 +257,7 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     kind = info["kind"]
     if kind not in SAMPLERS:
         raise UsageError(f"{settings.prior} holds a {kind} prior, which this medgen cannot sample; upgrade medgen.")
-    strategy = _strategy(kind, settings.sampler, settings.prior)
+    strategy = _strategy(kind, settings.sampler, settings.prior, info)
     lineage = prior_lineage(settings.prior)
     ae, _ = load_autoencoder(lineage.autoencoder, device)
     try:
@@ -246,11 +265,15 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     except ValueError:
         raise UsageError(f"the training data {store_path(lineage.data, lineage.data_store)} of {settings.prior} "
                          "is missing; the samples need its geometry and intensity mapping.") from None
-    jobs, cond_refs = _jobs(settings, info, device)
+    jobs, conds = _jobs(settings, info, device)
     _labels(settings, info, 1, 0, device)  # refuses a wrong --label before any work
+    if kind == "diffusion" and conds:  # condition latents as the channels the prior was trained on
+        codecs = _diffusion.condition_codecs(info, conds)
+        for job in jobs:
+            job.cond = _diffusion.prepare_conditions(info, codecs, job.cond)
 
     out = Path(out)
-    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), [prior_ref, *cond_refs],
+    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), [prior_ref, *[c.ref for c in conds]],
                             overwrite=overwrite, resume=True)
     partial = writer.open()
     samples = Store.create(store_path(partial, "samples"), name="samples", synthetic=True)
@@ -258,7 +281,7 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     code_stores = {"main": Store.create(store_path(partial, "codes"), name="codes")}
     if "top" in info.get("levels", []):
         code_stores["top"] = Store.create(store_path(partial, "codes_top"), name="codes_top")
-    code_dtype = "int16" if info["latents"].get("is_vq") else "float32"
+    code_dtype = "int16" if info["latents"].get("is_vq") and kind != "diffusion" else "float32"
 
     shape = tuple(g * f for g, f in zip(info["grid_shape"], stores["main"]["factor"]))
     total = sum(len(j.ids) for j in jobs)
@@ -299,7 +322,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         "shape": list(samples.array(written[0]).shape), "conditional": bool(info.get("conditions")),
         "subjects": [j.subject for j in jobs if j.subject is not None], "autoencoder": str(lineage.autoencoder),
         "data": str(lineage.data), "data_store": lineage.data_store,
-        "sampler": settings.sampler.model_dump(mode="json"),
+        "sampler": (_diffusion.sampling_options(info, settings.sampler, settings.prior) if kind == "diffusion"
+                    else settings.sampler.model_dump(mode="json")),
     }
     writer.commit(summary)
     log.info("wrote %s (%d samples, %s)", out, len(written), strategy)

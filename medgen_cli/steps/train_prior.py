@@ -1,18 +1,20 @@
 """``medgen train-prior``: train a prior over the latents of an ``encode-latents`` artefact.
 
 Orchestration only: read the latents (and condition latents joined by subject), build the prior of
-``prior.kind`` (`BUILDERS`: kind -> model and loss; a new kind such as diffusion adds one entry),
-run the generic `Trainer` with the `PriorTask`, and write the artefact::
+``prior.kind`` (`BUILDERS`: kind -> model and loss), run the generic `Trainer` with the `PriorTask`
+(a `DiffusionTask` for diffusion priors, see ``steps/_diffusion.py``), and write the artefact::
 
     prior/  manifest.json  settings.yaml
             model.safetensors  final weights (best validation loss or last; EMA weights if enabled)
             model.json         kind, config (rebuilds the prior alone), latents (their summary),
                                conditions, classes, grid_shape, num_embeddings, spatial_dims
+                               (diffusion: also latent, diffusion, sampling, condition_latents)
             checkpoints/  metrics.jsonl  plots/losses.png
 
 Token priors (transformer, maskgit, pixelcnn) need VQ codes; vqvae2 latents get a PixelCNN pair
-(a top prior with self-attention and a bottom prior conditioned on the top codes). Training
-reuses train-ae's loop: checkpoints, exact resume, DDP under torchrun, mixed precision.
+(a top prior with self-attention and a bottom prior conditioned on the top codes). Diffusion priors
+model KL latents or the continuous latents of a VQ autoencoder. Training reuses train-ae's loop:
+checkpoints, exact resume, DDP under torchrun, mixed precision, weight EMA.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from ..data import make_loader, set_epoch
 from ..data.latents import LatentsDataset
 from ..errors import UsageError
 from ..io.store import store_path
-from ..settings.prior import PriorModelSettings, TrainPriorSettings
+from ..settings.prior import TrainPriorSettings
 from ..train import distributed as dist_utils
+from ..train.diffusion_task import DiffusionTask
 from ..train.loop import Trainer
 from ..train.prior_task import LOSSES, LossFn, PriorObjective, PriorTask
+from . import _diffusion
 from ._priors import Latents, build_prior, open_latents, prior_config
 from ._training import finish_metrics, open_on_main, seed_everything, training_runtime, write_model
 
@@ -71,10 +75,11 @@ def _require_codes(lat: Latents, kind: str, what: str = "training data") -> None
 
 
 # ------------------------------------------------------------------------------- models by kind
-Builder = Callable[[PriorModelSettings, Latents, list[dict[str, Any]], "int | None"], tuple[nn.Module, LossFn]]
+Builder = Callable[[TrainPriorSettings, Latents, list[Latents], "int | None"], tuple[nn.Module, LossFn]]
 
 
-def _transformer(p: PriorModelSettings, lat: Latents, sources: list[dict[str, Any]], num_classes: int | None):
+def _transformer(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None):
+    p, sources = settings.prior, _cond_sources(conds)
     _require_codes(lat, p.kind)
     if lat.is_vqvae2:
         raise UsageError(f"{lat.path} holds vqvae2 codes (a top and a bottom grid); model them with prior.kind pixelcnn.")
@@ -86,7 +91,8 @@ def _transformer(p: PriorModelSettings, lat: Latents, sources: list[dict[str, An
     return build_prior(p.kind, common), LOSSES[p.kind]
 
 
-def _pixelcnn(p: PriorModelSettings, lat: Latents, sources: list[dict[str, Any]], num_classes: int | None):
+def _pixelcnn(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None):
+    p = settings.prior
     _require_codes(lat, p.kind)
     if len(lat.grid_shape) != 2:
         raise UsageError(f"{lat.path} holds {len(lat.grid_shape)}D code grids {lat.grid_shape}, but prior.kind pixelcnn "
@@ -101,7 +107,8 @@ def _pixelcnn(p: PriorModelSettings, lat: Latents, sources: list[dict[str, Any]]
     return build_prior("pixelcnn", {"top": top, "bottom": bottom}), LOSSES["pixelcnn"]
 
 
-BUILDERS: dict[str, Builder] = {"transformer": _transformer, "maskgit": _transformer, "pixelcnn": _pixelcnn}
+BUILDERS: dict[str, Builder] = {"transformer": _transformer, "maskgit": _transformer, "pixelcnn": _pixelcnn,
+                                "diffusion": _diffusion.build}
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -118,7 +125,9 @@ def _classes(settings: TrainPriorSettings, lat: Latents) -> list[str]:
     return sorted(values)
 
 
-def _datasets(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], classes: list[str]):
+def _datasets(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], classes: list[str],
+              wrap: Callable[[LatentsDataset], Any] | None = None):
+    """Training and validation datasets (``wrap`` turns a `LatentsDataset` into what the prior trains on)."""
     d = settings.data
     levels = {"top": store_path(lat.path, "top")} if lat.is_vqvae2 else {}
     common = dict(levels=levels, condition_stores=[c.store for c in conds],
@@ -143,6 +152,8 @@ def _datasets(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], 
         first = train.samples[0][2]
         for cond, ids in zip(conds, first):
             cond.items_per_subject = len(ids)
+    if wrap is not None:
+        train, val = wrap(train), wrap(val)
     return train, Subset(val, range(min(settings.train.val_items, len(val))))
 
 
@@ -175,16 +186,18 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         raise UsageError("no latents given; pass --latents DIR (an encode-latents artefact) or set data.path.")
     lat = open_latents(d.path, "latents", d.store)
     conds = [open_latents(p, "condition", settings.condition.store) for p in settings.condition.paths]
-    for cond in conds:
-        _require_codes(cond, settings.prior.kind, what="condition")
+    diffusion = _diffusion.prepare(settings, lat, conds) if settings.prior.kind == "diffusion" else None
+    if diffusion is None:  # token priors read condition codes as a prefix
+        for cond in conds:
+            _require_codes(cond, settings.prior.kind, what="condition")
     if lat.is_vqvae2 and d.store != "main":
         raise UsageError(f"data.store = {d.store!r}: for vqvae2 latents train on main (the top store is read with it).")
     classes = _classes(settings, lat)
-    train, val = _datasets(settings, lat, conds, classes)
+    train, val = _datasets(settings, lat, conds, classes, wrap=diffusion.wrap if diffusion else None)
 
     seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     try:
-        prior, loss_fn = BUILDERS[settings.prior.kind](settings.prior, lat, _cond_sources(conds), len(classes) or None)
+        prior, loss_fn = BUILDERS[settings.prior.kind](settings, lat, conds, len(classes) or None)
     except UsageError:
         raise
     except ValueError as err:  # a model constructor refused its arguments
@@ -210,12 +223,17 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     def val_batches():
         return DataLoader(val, batch_size=d.batch_size, shuffle=False)
 
-    task = PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device,
-                     val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
+    common = dict(val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
+    if diffusion is None:
+        task = PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, **common)
+    else:  # the sampling tier of validation runs on the main rank only
+        check = _diffusion.sample_check(settings, lat, conds, diffusion, val, device) if ctx.is_main else None
+        task = DiffusionTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, sample_check=check,
+                             val_every=settings.train.val_every, total_steps=settings.train.steps, **common)
     seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
     trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
     resumed = trainer.resume() if resume else False
-    log.info("training a %s prior over %s codes %s (%d items) on %s (%s)%s", settings.prior.kind,
+    log.info("training a %s prior over %s latents %s (%d items) on %s (%s)%s", settings.prior.kind,
              lat.summary.get("ae_kind"), lat.grid_shape, len(train), device, precision.name,
              ", resumed" if resumed else "")
     state = trainer.fit()
@@ -227,6 +245,8 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     result = TrainPriorResult(out=out, model=final, rank=ctx.rank)
     if ctx.is_main:
         result.info = _model_info(settings, lat, conds, classes, final, chosen_step)
+        if diffusion is not None:
+            result.info.update(_diffusion.model_info(settings, diffusion, lat, conds))
         write_model(partial, final.state_dict(), result.info)
         last_val = finish_metrics(partial)
         result.summary = {

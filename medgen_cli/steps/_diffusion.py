@@ -1,0 +1,202 @@
+"""Latent diffusion priors in ``train-prior`` and ``sample`` (``prior.kind = diffusion``).
+
+Orchestration only; the pieces live elsewhere: the denoiser `UNetPrior` (``models/priors/unet.py``),
+the schedulers and the sampling loop (``sampling/``), the loss and the two-tier validation
+(``train/diffusion_task.py``), the continuous view of stored latents (``data/latents.py``).
+
+- Training data: KL latents as stored (already times ``latent_scale``); VQ codes as their codebook
+  vectors scaled to unit std (the scale is computed from the training codes and written to
+  ``model.json``). Condition latents are joined by subject, converted the same way, resized to the
+  target grid by (bi/tri)linear interpolation when their grid differs (a ``downsample:2`` store
+  encoded with the same autoencoder) and concatenated as channels.
+- ``model.json`` gains ``latent`` (channels, is_vq, scale), ``diffusion`` (the scheduler config,
+  p_uncond, min_snr_gamma) and ``sampling`` (the defaults of ``medgen sample``); each condition
+  records its channels, scale and kind.
+- Sampling: `sample_latents` runs DDIM or DDPM (with classifier-free guidance) and returns latents
+  in the autoencoder's units for VQ (``decode_latents`` snaps them to the codebook) and in stored
+  units for KL (divided by ``latent_scale`` when decoded), as ``sample`` expects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import default_collate
+
+from ..data.latents import ContinuousLatentsDataset, LatentCodec, condition_channels
+from ..errors import UsageError
+from ..io.store import Store, store_path
+from ..metrics.image import resolve_data_range
+from ..sampling.diffusion import sample_diffusion
+from ..sampling.schedulers import DDIMScheduler, make_scheduler
+from ..settings.prior import SamplerSettings, TrainPriorSettings
+from ..train.diffusion_task import DiffusionLoss, SampleCheck
+from ._load import load_autoencoder
+from ._priors import Latents, build_prior, latent_codec, latents_lineage
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------ training
+@dataclass
+class DiffusionData:
+    """What a diffusion run needs besides the token priors' data.
+
+    Args:
+        codec: the target latents' codec.
+        condition_codecs: one per condition artefact.
+        autoencoder: the autoencoder behind the target latents (loaded for VQ codebooks), or None.
+    """
+
+    codec: LatentCodec
+    condition_codecs: list[LatentCodec]
+    autoencoder: nn.Module | None = None
+
+    def wrap(self, dataset) -> ContinuousLatentsDataset:
+        return ContinuousLatentsDataset(dataset, self.codec, self.condition_codecs)
+
+
+def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) -> DiffusionData:
+    """Check the latents fit a diffusion prior and build their codecs (a `UsageError` names what is wrong)."""
+    grid, multiple = lat.grid_shape, settings.diffusion.grid_multiple
+    if grid is None:
+        raise UsageError(f"the items of {lat.path} ({lat.store_name}) have latent grids of different shapes; "
+                         "a diffusion prior batches one grid, so preprocess with a fixed --shape.")
+    if any(g % multiple for g in grid):
+        raise UsageError(f"{lat.path} holds {grid} latent grids, but a UNet with {len(settings.diffusion.channel_mults)} "
+                         f"levels needs every axis divisible by {multiple}; use fewer diffusion.channel_mults.")
+    for cond in conds:
+        if cond.grid_shape is None or len(cond.grid_shape) != len(grid):
+            raise UsageError(f"{cond.path} holds {cond.grid_shape or 'variable'} grids, but a diffusion prior "
+                             f"concatenates condition latents as channels of the {len(grid)}D grid {grid}; "
+                             "condition on latents of the same rank and a fixed shape.")
+    ae = None
+    if lat.summary.get("is_vq") and not lat.is_vqvae2:
+        ae, _ = load_autoencoder(latents_lineage(lat.path).autoencoder)
+    split = settings.data.train_split
+    codec = latent_codec(lat, split=split, autoencoder=ae)
+    return DiffusionData(codec, [latent_codec(c, split=split) for c in conds], ae)
+
+
+def _cond_channels(conds: list[Latents]) -> int:
+    return sum(int(c.summary["latent_channels"]) * c.items_per_subject for c in conds)
+
+
+def build(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None
+          ) -> tuple[nn.Module, DiffusionLoss]:
+    """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject)."""
+    d = settings.diffusion
+    unet = build_prior("diffusion", dict(
+        spatial_dims=len(lat.grid_shape), in_channels=int(lat.summary["latent_channels"]), base_channels=d.base_channels,
+        channel_mults=list(d.channel_mults), num_res_blocks=d.num_res_blocks, attention_levels=list(d.attention_levels),
+        mid_attention=d.mid_attention, num_heads=d.num_heads, dropout=d.dropout, num_groups=d.num_groups,
+        cond_channels=_cond_channels(conds), num_classes=num_classes))
+    return unet, DiffusionLoss(DDIMScheduler.from_config(scheduler_config(settings)), d.p_uncond, d.min_snr_gamma)
+
+
+def scheduler_config(settings: TrainPriorSettings) -> dict[str, Any]:
+    d = settings.diffusion
+    return DDIMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
+                         beta_end=d.beta_end, prediction_type=d.prediction).config()
+
+
+def sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], data: DiffusionData, val,
+                 device: torch.device) -> SampleCheck | None:
+    """The second validation tier over the first ``diffusion.sample_items`` validation items (None when off)."""
+    d = settings.diffusion
+    if not d.sample_every or not len(val):
+        return None
+    lineage = latents_lineage(lat.path)
+    ae = data.autoencoder if data.autoencoder is not None else load_autoencoder(lineage.autoencoder)[0]
+    ae = ae.to(device).eval()
+    try:
+        images = Store.open(store_path(lineage.data, lineage.data_store))
+    except ValueError:
+        raise UsageError(f"the training data {store_path(lineage.data, lineage.data_store)} of {lat.path} is missing; "
+                         "diffusion.sample_every compares samples with its images (set it to 0).") from None
+    items = [val[i] for i in range(min(d.sample_items, len(val)))]
+    targets, ranges, bounds = [], [], []
+    for item in items:
+        source = str(lat.store.item_attrs(item["id"]).get("source_id", item["id"]))
+        image, meta = images.read_item(source)
+        targets.append(torch.from_numpy(image).float()[None])
+        ranges.append(resolve_data_range(meta, image))
+        lo, hi = sorted((meta.intensity.out_low, meta.intensity.out_high))
+        bounds.append((lo, hi) if meta.intensity.clip else (-float("inf"), float("inf")))
+    lo = torch.tensor([b[0] for b in bounds]).reshape(-1, *[1] * (targets[0].ndim))
+    hi = torch.tensor([b[1] for b in bounds]).reshape(-1, *[1] * (targets[0].ndim))
+
+    @torch.no_grad()
+    def decode(z: Tensor) -> Tensor:  # modelled latents -> stored image values, clipped like the samples
+        x = ae.decode_latents(data.codec.to_autoencoder(z.float())).float().cpu()
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    return SampleCheck(batch=default_collate(items), targets=torch.stack(targets), data_ranges=ranges, decode=decode,
+                       scheduler_config=scheduler_config(settings), every=d.sample_every, steps=d.sample_steps,
+                       guidance_scale=d.guidance_scale, paired=bool(conds))
+
+
+def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, conds: list[Latents]) -> dict[str, Any]:
+    """The diffusion part of ``model.json``."""
+    d = settings.diffusion
+    return {
+        "latent": {"channels": int(lat.summary["latent_channels"]), "is_vq": bool(lat.summary.get("is_vq")),
+                   "scale": data.codec.scale},
+        "diffusion": {"scheduler": scheduler_config(settings), "p_uncond": d.p_uncond, "min_snr_gamma": d.min_snr_gamma},
+        "sampling": {"scheduler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance_scale": d.guidance_scale},
+        "condition_latents": [{"channels": int(c.summary["latent_channels"]), "is_vq": bool(c.summary.get("is_vq")),
+                               "scale": codec.scale, "resized": list(c.grid_shape) != list(lat.grid_shape)}
+                              for c, codec in zip(conds, data.condition_codecs)],
+    }
+
+
+# ------------------------------------------------------------------------------------ sampling
+def sampling_options(info: dict[str, Any], s: SamplerSettings, prior: str) -> dict[str, Any]:
+    """The prior's sampling defaults overridden by the options given; refuses what cannot apply."""
+    if s.token_options():
+        raise UsageError(f"{prior} is a diffusion prior; --{s.token_options()[0].replace('_', '-')} applies to token "
+                         "priors only (diffusion takes --sampler, --steps, --eta, --guidance-scale).")
+    options = {**info["sampling"], **s.diffusion_options()}
+    T = info["diffusion"]["scheduler"]["num_train_timesteps"]
+    if options["steps"] > T:
+        raise UsageError(f"--steps {options['steps']} exceeds the {T} diffusion steps {prior} was trained with.")
+    conditional = bool(info.get("conditions") or info.get("classes"))
+    if options["guidance_scale"] != 1.0:
+        if not conditional:
+            raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} is unconditional; "
+                             "guidance needs a prior conditioned on latents or labels.")
+        if not info["diffusion"]["p_uncond"]:
+            raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} was trained with "
+                             "diffusion.p_uncond = 0, so it has no unconditional model to guide against.")
+    return options
+
+
+def condition_codecs(info: dict[str, Any], conds: list[Latents]) -> list[LatentCodec]:
+    """One codec per condition item of a subject (views in order), with the scales of training."""
+    codecs = [latent_codec(c, scale=t["scale"]) for c, t in zip(conds, info["condition_latents"])]
+    return [codec for codec, t in zip(codecs, info["conditions"]) for _ in range(t["items_per_subject"])]
+
+
+def prepare_conditions(info: dict[str, Any], codecs: list[LatentCodec], grids: list[Tensor]) -> list[Tensor]:
+    """One subject's condition grids (1, *g) each -> ``[(1, C_cond, *grid)]``, as the prior was trained."""
+    return [condition_channels(grids, codecs, info["grid_shape"])]
+
+
+def sample_latents(model: nn.Module, info: dict[str, Any], n: int, cond: list[Tensor] | None, labels: Tensor | None,
+                   options: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+    """Draw ``n`` latents: autoencoder units for VQ latents, stored units (times latent_scale) for KL."""
+    scheduler = make_scheduler(options["scheduler"], **info["diffusion"]["scheduler"])
+    kwargs = {}
+    if cond:
+        kwargs["cond"] = cond[0]
+    if labels is not None:
+        kwargs["labels"] = labels
+    device = next(model.parameters()).device
+    shape = (n, info["latent"]["channels"], *info["grid_shape"])
+    x = sample_diffusion(model, scheduler, shape, cond=kwargs, guidance_scale=options["guidance_scale"],
+                         num_inference_steps=options["steps"], eta=options["eta"], generator=generator, device=device)
+    return {"main": x / info["latent"]["scale"] if info["latent"]["is_vq"] else x}
