@@ -63,7 +63,7 @@ class VQVAE(Autoencoder):
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         ema: bool = True,
-        dead_code_threshold: float = 0.01,
+        dead_code_threshold: float = 1.0,
         norm: str = "group",
         num_groups: int = 8,
         attention_levels: Sequence[int] = (),

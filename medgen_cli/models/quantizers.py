@@ -75,7 +75,7 @@ class VectorQuantizer(nn.Module):
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         eps: float = 1e-5,
-        dead_code_threshold: float = 0.01,
+        dead_code_threshold: float = 1.0,
         ema: bool = True,
     ):
         super().__init__()
@@ -108,6 +108,11 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed_sum", init.clone())
         else:
             self.embedding = nn.Parameter(init)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before the `initialized` flag existed hold a trained codebook
+        state_dict.setdefault(prefix + "initialized", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def codebook(self) -> Tensor:

@@ -143,7 +143,7 @@ class AutoencoderSettings(Section):
     codebook_ema: bool = Field(True, description="VQ: update the codebook by EMA (true) or by gradient (false).")
     codebook_decay: float = Field(0.99, ge=0, lt=1, description="VQ: EMA decay of the codebook statistics.")
     dead_code_threshold: float = Field(
-        0.01, ge=0, description="VQ: restart codes whose EMA usage (vectors per batch) falls below this (0 = never)."
+        1.0, ge=0, description="VQ: restart codes whose EMA usage (vectors per batch) falls below this (0 = never)."
     )
     top_channels: IntTuple = Field((128,), description="vqvae2: channels per level of the top encoder.")
     top_downsample: Factors | None = Field(None, description="vqvae2: per-level factors of the top encoder (null = 2).")

@@ -44,6 +44,10 @@ def test_first_training_batch_initialises_the_codebook_from_encoder_outputs():
     assert torch.cdist(vq.embedding, before).diagonal().max() < 5
     # the flag is saved with the weights, so a loaded model is not re-initialised
     assert "initialized" in vq.state_dict()
+    old = {k: v for k, v in vq.state_dict().items() if k != "initialized"}  # weights from before the flag
+    again = VectorQuantizer(8, 3)
+    again.load_state_dict(old)
+    assert bool(again.initialized) and torch.equal(again.embedding, vq.embedding)
     assert min(float(torch.cdist(c[None], flat).min()) for c in before) < 5
 
 
