@@ -69,6 +69,9 @@ def main_callback(
     root.setLevel(level)
     root.propagate = False
     _state["verbose"], _state["quiet"] = verbose, quiet
+    from .train.allocator import tune_allocator
+
+    tune_allocator()  # keep freed tensor memory for reuse (see medgen_cli/train/allocator.py)
 
 
 _state: dict[str, bool] = {"verbose": False, "quiet": False}

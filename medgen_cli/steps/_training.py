@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..train import distributed as dist_utils
 from ..train.distributed import DistContext
 from ..train.metrics_log import read_metrics
+from ..train.allocator import tune_allocator
 from ..train.precision import Precision, resolve_precision, select_device
 
 MODEL_FILE = "model.safetensors"
@@ -50,6 +51,7 @@ def training_runtime(device_name: str, precision_name: str, threads: int = 0
     """
     if threads:
         torch.set_num_threads(threads)
+    tune_allocator()
     try:
         device = select_device(device_name, dist_utils.env_context().local_rank)
         precision = resolve_precision(precision_name, device)
