@@ -10,18 +10,23 @@
 # of the same input and the autoencoder's own reconstruction (the ceiling of any latent model).
 # Figures rest on ONE held-out subject (one CT trains): a demonstration, not a validation.
 # Budget on a 2-core CPU: ~10 min autoencoder + ~15 min prior + ~1 min sampling.
+#
+#   bash examples/04_ct_superres/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-runs/04_ct_superres}"
+SCALE="${SCALE:-1}"
+scaled() { python -c "print(max($2, int($1 * $SCALE)))"; }   # scaled N MIN
 DATA="$(python "$HERE/../fetch_data.py")"
 mkdir -p "$OUT"
 medgen preprocess "$DATA/lung1_image.nrrd" "$DATA/lung2_image.nrrd" --out "$OUT/prep" \
   --mode volume --fit 64,64,48 --window 0,2000 --derive downsample:2 --split 0.5,0,0.5 --seed 1 --overwrite
-medgen train-ae --data "$OUT/prep" --out "$OUT/ae" --config "$HERE/ae.yaml" --overwrite
+medgen train-ae --data "$OUT/prep" --out "$OUT/ae" --config "$HERE/ae.yaml" \
+  --steps "$(scaled 1500 2)" --set optim.warmup_steps="$(scaled 50 0)" --overwrite
 medgen encode-latents --ae "$OUT/ae" --data "$OUT/prep" --out "$OUT/lat_full" --overwrite
 medgen encode-latents --ae "$OUT/ae" --data "$OUT/prep" --store downsample2 --out "$OUT/lat_low" --overwrite
 medgen train-prior --latents "$OUT/lat_full" --condition "$OUT/lat_low" --out "$OUT/prior" \
-  --config "$HERE/prior.yaml" --overwrite
+  --config "$HERE/prior.yaml" --steps "$(scaled 3000 2)" --set optim.warmup_steps="$(scaled 100 0)" --overwrite
 medgen sample --prior "$OUT/prior" --condition "$OUT/lat_low" --all --set condition.split=test \
   --sampler ddim --steps 50 -n 1 --seed 0 --out "$OUT/sr" --overwrite
 medgen evaluate --samples "$OUT/sr" --target "$OUT/prep" --split test --axis 2 --out "$OUT/eval_sr" --overwrite

@@ -13,13 +13,14 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-demo}"
 SCALE="${DEMO_SCALE:-1}"
 steps() { python -c "import sys; print(max(2, int($1 * $SCALE)))"; }
+warmup() { python -c "print(int($1 * $SCALE))"; }   # warmup must stay below the (scaled) steps
 MR="$(python -c 'import nibabel, os; print(os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "anatomical.nii"))')"
 mkdir -p "$OUT"
 
 medgen preprocess "$MR" --out "$OUT/prep" --mode slices --fit 32,32 --split 1,0,0 --overwrite
-medgen train-ae --data "$OUT/prep" --out "$OUT/ae" --config "$HERE/ae.yaml" --steps "$(steps 300)" --overwrite
+medgen train-ae --data "$OUT/prep" --out "$OUT/ae" --config "$HERE/ae.yaml" --steps "$(steps 300)" --set optim.warmup_steps="$(warmup 20)" --overwrite
 medgen encode-latents --ae "$OUT/ae" --data "$OUT/prep" --out "$OUT/lat" --overwrite
-medgen train-prior --latents "$OUT/lat" --out "$OUT/prior" --config "$HERE/prior.yaml" --steps "$(steps 200)" --overwrite
+medgen train-prior --latents "$OUT/lat" --out "$OUT/prior" --config "$HERE/prior.yaml" --steps "$(steps 200)" --set optim.warmup_steps="$(warmup 20)" --overwrite
 medgen sample --prior "$OUT/prior" --out "$OUT/samples" -n 8 --top-k 20 --seed 0 --overwrite
 medgen evaluate --ae "$OUT/ae" --data "$OUT/prep" --split train --out "$OUT/eval_ae" --overwrite
 medgen evaluate --samples "$OUT/samples" --data "$OUT/prep" --split train --out "$OUT/eval_samples" --overwrite
