@@ -86,21 +86,67 @@ class ForeignLoad:
         self.share = max(0.0, foreign / ((os.cpu_count() or 1) * max(wall, 1e-9)))
 
 
-def bench(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, budget_s: float | None = None) -> dict:
+class QuietGate:
+    """Keeps timed calls off a shared machine's busy spells, within a total waiting budget.
+
+    Before a timed call, `wait` polls until no training run is seen and other processes use less
+    than `BUSY_SHARE` of the CPU; a call that was disturbed anyway is redone (`redo`). Once
+    `budget_s` seconds have been spent waiting, calls run as they come and are flagged by their
+    ``foreign_cpu_share``. A budget of 0 turns the gate off.
+    """
+
+    def __init__(self, budget_s: float = 0.0, poll_s: float = 2.0, max_redos: int = 3):
+        self.remaining, self.poll_s, self.max_redos = float(budget_s), poll_s, max_redos
+        self.waited_s, self.discarded = 0.0, 0
+
+    def wait(self) -> None:
+        while self.remaining > 0:
+            t0 = time.perf_counter()
+            with ForeignLoad() as load:
+                time.sleep(self.poll_s)
+            quiet = load.share < BUSY_SHARE and not training_running()
+            spent = time.perf_counter() - t0
+            self.remaining -= spent
+            self.waited_s += spent
+            if quiet:
+                return
+            time.sleep(min(max(self.remaining, 0.0), 8.0))  # a busy spell: look again in a while
+            self.remaining -= 8.0
+            self.waited_s += 8.0
+
+    def redo(self, share: float, redos: int) -> bool:
+        """True when a call disturbed by ``share`` of foreign load should be discarded and rerun."""
+        if share <= BUSY_SHARE or self.remaining <= 0 or redos >= self.max_redos:
+            return False
+        self.discarded += 1
+        return True
+
+    def report(self) -> dict:
+        return {"quiet_wait_s": round(self.waited_s, 1), "disturbed_runs_discarded": self.discarded,
+                "quiet_budget_left_s": round(max(self.remaining, 0.0), 1)}
+
+
+def bench(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, budget_s: float | None = None,
+          gate: QuietGate | None = None) -> dict:
     """Time ``fn`` after ``warmup`` untimed calls: median and all of up to ``repeats`` timed calls.
 
     With ``budget_s``, stop repeating once the timed calls so far have taken that long (a slow case
     then gets fewer repeats; ``len(times_s)`` says how many). ``foreign_cpu_share`` is the largest
-    share of the CPU that other processes used during a timed call.
+    share of the CPU that other processes used during a kept timed call.
     """
-    return bench_interleaved({"_": fn}, repeats, warmup, budget_s)["_"]
+    return bench_interleaved({"_": fn}, repeats, warmup, budget_s, gate)["_"]
 
 
 def bench_interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1, budget_s: float | None = None
+    fns: dict[str, Callable[[], object]],
+    repeats: int = 3,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    gate: QuietGate | None = None,
 ) -> dict[str, dict]:
     """Like `bench` for several functions, timed in turn (A B A B ...) so that a passing load on the
     machine hits each of them alike; ``budget_s`` applies to each function's total."""
+    gate = gate or QuietGate(0)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -110,10 +156,17 @@ def bench_interleaved(
         for key, fn in fns.items():
             if budget_s is not None and sum(times[key]) >= budget_s:
                 continue
-            with ForeignLoad() as load:
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
+            redos = 0
+            while True:
+                gate.wait()
+                with ForeignLoad() as load:
+                    t0 = time.perf_counter()
+                    fn()
+                    elapsed = time.perf_counter() - t0
+                if not gate.redo(load.share, redos):
+                    break
+                redos += 1
+            times[key].append(elapsed)
             shares[key].append(load.share)
     return {
         k: {"median_s": statistics.median(times[k]), "min_s": round(min(times[k]), 4),

@@ -1,0 +1,139 @@
+"""Write ``benchmarks/summary.md``: the medgen-vs-MONAI figures and ratios from ``results/{ae,prior,diffusion}.json``.
+
+Run after the benchmarks: ``.venv/bin/python -m benchmarks.summarize``. A missing result file is
+listed as not run; a result from a ``--quick`` run or one taken while training shared the CPU is
+flagged in its section.
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import RESULTS
+
+SUMMARY = RESULTS.parent / "summary.md"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _flags(r: dict) -> str:
+    flags = []
+    if r.get("quick"):
+        flags.append("**smoke run (--quick): tiny sizes, not comparable**")
+    if r.get("machine_busy"):
+        flags.append("**measured while other processes shared the 2 cores (machine_busy: true, up to "
+                     f"{r.get('max_foreign_cpu_share', 0):.0%} of the CPU): treat the figures as rough**")
+    elif "max_foreign_cpu_share" in r:
+        flags.append(f"Quiet machine: other processes used at most {r['max_foreign_cpu_share']:.0%} of the CPU "
+                     f"during a kept timed run ({r.get('disturbed_runs_discarded', 0)} disturbed runs redone)")
+    return ("\n" + "; ".join(flags) + ".\n") if flags else ""
+
+
+def _s(x: float) -> str:
+    return f"{x:.3g} s" if x < 10 else f"{x:.1f} s"
+
+
+def ae_section(r: dict) -> list[str]:
+    out = ["## Autoencoder training step (`bench_ae.py`, issue 3)", _flags(r),
+           "Forward + backward + Adam step, median of {} after a warm-up, {} threads. "
+           "Ratio = MONAI time / medgen time (> 1: medgen faster). GFLOP = floating-point operations of "
+           "one step (torch's counter).".format(r["repeats"], r["torch_threads"]), "",
+           "| model, input | medgen variant | medgen s/step | MONAI s/step | ratio | params medgen / MONAI "
+           "| GFLOP/step medgen / MONAI | work-rate ratio |",
+           "|---|---|---|---|---|---|---|---|"]
+    kinds = {"vqvae": "VQ-VAE (64,128), 256×64 codebook", "klvae": "KL-VAE (64,128,128), 4 latent ch"}
+    for case, c in r["cases"].items():
+        b, ch, *spatial = c["input_shape"]
+        label = f"{kinds.get(case.split('_')[0], case)}, {ch}×{'×'.join(map(str, spatial))}, batch {b}"
+        m = c["models"]["monai"]
+        for name, v in c["models"].items():
+            if not name.startswith("medgen"):
+                continue
+            out.append(
+                f"| {label} | {name} | {v['median_s']:.3f} | {m['median_s']:.3f} "
+                f"| **{c[f'ratio_monai_over_{name}']:.2f}** | {v['params'] / 1e6:.2f} M / {m['params'] / 1e6:.2f} M "
+                f"| {v['gflop_per_step']:.0f} / {m['gflop_per_step']:.0f} | {c[f'flop_rate_ratio_{name}_over_monai']:.2f} |"
+            )
+        extra = [n for n in c["models"] if n.startswith("monai_")]
+        for name in extra:
+            v = c["models"][name]
+            out.append(f"| {label} | (MONAI {name[6:].replace('_', ' ')}: {v['median_s']:.3f} s/step) "
+                       "| | | | | | |")
+    out += ["", "Work-rate ratio = (medgen GFLOP / medgen time) / (MONAI GFLOP / MONAI time): > 1 means medgen "
+            "gets through its arithmetic faster. BASELINES.md quotes MONAI at 1.13 / 4.48 / 6.99 s per step.", ""]
+    out += ["Architecture differences:", ""]
+    for kind, notes in r["architecture_notes"].items():
+        out += [f"- {kind}: " + " ".join(notes)]
+    return out + [""]
+
+
+def prior_section(r: dict) -> list[str]:
+    out = ["## Token prior sampling (`bench_prior.py`, issue 4)", _flags(r),
+           "256-d × 4 layers × 8 heads, codebook 256, batch 4, multinomial sampling. Tokens/s = batch × tokens "
+           "/ seconds.", "",
+           "| sampler | tokens | time | tokens/s | vs MONAI (time ratio MONAI / medgen) |", "|---|---|---|---|---|"]
+    for key, e in r["results"].items():
+        n, ar, mo, ra = e["tokens"], e["medgen_autoregressive"], e["monai"], e["ratios"]
+        prefix = mo["tokens_run"] < n
+        for mode, label in (("kv_cache", "medgen transformer, KV cache"), ("no_cache", "medgen transformer, no cache")):
+            if prefix:
+                vs = (f"≥ {ra[f'time_monai_prefix_lower_bound_over_medgen_{mode}']:.2f} (measured prefix); "
+                      f"≈ {ra[f'time_monai_estimated_over_medgen_{mode}']:.2f} (estimate)")
+                if f"time_monai_baselines_md_over_medgen_{mode}" in ra:
+                    vs += f"; {ra[f'time_monai_baselines_md_over_medgen_{mode}']:.2f} (BASELINES.md 430 s)"
+            else:
+                vs = f"**{ra[f'time_monai_over_medgen_{mode}']:.2f}**"
+            out.append(f"| {label} | {n} | {_s(ar[mode]['median_s'])} | {ar[mode]['tokens_per_s']:.0f} | {vs} |")
+        for steps_key, v in e["medgen_maskgit"].items():
+            if steps_key.startswith("steps_"):
+                sp = ra[f"maskgit_{steps_key[6:]}_steps_speedup_over_ar_kv_cache"]
+                out.append(f"| medgen MaskGIT, {steps_key[6:]} steps | {n} | {_s(v['median_s'])} | "
+                           f"{v['tokens_per_s']:.0f} | {sp:.1f}× faster than medgen AR + KV cache |")
+        if prefix:
+            out.append(f"| MONAI DecoderOnlyTransformer + VQVAETransformerInferer, first {mo['tokens_run']} tokens "
+                       f"only | {mo['tokens_run']} of {n} | {_s(mo['median_s'])} (lower bound; estimate "
+                       f"{_s(mo['profile']['estimated_loop_s'])}) | {mo['tokens_per_s']:.0f} (upper bound) | |")
+        else:
+            out.append(f"| MONAI DecoderOnlyTransformer + VQVAETransformerInferer | {n} | {_s(mo['median_s'])} "
+                       f"| {mo['tokens_per_s']:.0f} | (estimate from forward profile: "
+                       f"{ra['monai_estimate_over_measured']:.2f} × measured) |")
+    out += ["", "KV-cache speed-up (no cache / cache): " + ", ".join(
+        f"{e['tokens']} tokens {e['ratios']['kv_cache_speedup']:.1f}×" for e in r["results"].values()) + ".", ""]
+    out += [f"- {n}" for n in r["notes"]]
+    return out + [""]
+
+
+def diffusion_section(r: dict) -> list[str]:
+    m, o = r["models"]["monai"], r["models"]["medgen"]
+    shape = "×".join(map(str, r["latent_shape"][1:]))
+    out = ["## Latent diffusion sampling (`bench_diffusion.py`, issue 5)", _flags(r),
+           f"UNet channels {tuple(r['channels'])}, DDIM {r['steps']} steps, {shape} latents, batch "
+           f"{r['latent_shape'][0]}.", "",
+           "| | time | per step | params | GFLOP/step |", "|---|---|---|---|---|",
+           f"| medgen UNetPrior + sample_diffusion | {_s(o['median_s'])} | {o['ms_per_step']:.0f} ms | "
+           f"{o['params'] / 1e6:.2f} M | {o['gflop_per_step']:.1f} |",
+           f"| MONAI DiffusionModelUNet + DDIMScheduler | {_s(m['median_s'])} | {m['ms_per_step']:.0f} ms | "
+           f"{m['params'] / 1e6:.2f} M | {m['gflop_per_step']:.1f} |",
+           "", f"Ratio MONAI / medgen: **{r['ratio_monai_over_medgen']:.2f}** (BASELINES.md: MONAI 8.5 s, 170 ms/step).",
+           ""]
+    out += [f"- {n}" for n in r["notes"]]
+    return out + [""]
+
+
+def main() -> None:
+    lines = ["# medgen vs MONAI 1.6.1 (benchmarks/results/*.json)", "",
+             "Side by side in one run on the same machine (2 CPU cores, torch 2 threads), same seed and shapes; "
+             "MONAI installed only under benchmarks/.monai (see benchmarks/README.md). Generated by "
+             "`python -m benchmarks.summarize`.", ""]
+    for name, section in (("ae", ae_section), ("prior", prior_section), ("diffusion", diffusion_section)):
+        r = _load(name)
+        lines += section(r) if r else [f"## {name}: not run (no results/{name}.json)", ""]
+    SUMMARY.write_text("\n".join(lines))
+    print(f"wrote {SUMMARY}")
+
+
+if __name__ == "__main__":
+    main()
