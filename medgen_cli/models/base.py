@@ -6,6 +6,7 @@ See `medgen_cli.models` for the interface priors and samplers rely on.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,7 @@ def make_specs(
     return spec, opts
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(nn.Module, ABC):
     """Base class: subclasses set `self.decoder`, call `_finish_init` and implement the latent API."""
 
     kind: str = ""
@@ -132,11 +133,13 @@ class Autoencoder(nn.Module):
         """(latent_channels, *latent_spatial) of `encode_to_latents` for an image of spatial shape `input_shape`."""
         return (self.latent_channels, *self._scaled_shape(input_shape, self.downsample_factor))
 
-    def encode_to_latents(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def encode_to_latents(self, x: Tensor) -> Tensor:
+        """(B, C, *spatial) images -> the continuous latents a diffusion prior trains on."""
 
-    def decode_latents(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Inverse of `encode_to_latents` (VQ models snap to the codebook first)."""
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def _scaled_shape(self, input_shape: Sequence[int], factor: Sequence[int]) -> tuple[int, ...]:
