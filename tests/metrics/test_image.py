@@ -119,7 +119,8 @@ def test_ssim_3d_matches_skimage_and_kornia():
     want = [sk_ssim(x[b, 0], y[b, 0], 1.0) for b in range(2)]
     np.testing.assert_allclose(got, want, atol=TOL)
     dense = kornia.metrics.ssim3d(torch.tensor(y), torch.tensor(x), 11, 1.0, eps=0.0, padding="valid")
-    np.testing.assert_allclose(got, dense.flatten(1).mean(1).numpy(), atol=1e-10)
+    # kornia builds its dense 11^3 window in float32: agreement to float32 precision
+    np.testing.assert_allclose(got, dense.flatten(1).mean(1).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("axis", [0, 2])
