@@ -21,7 +21,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .errors import MedgenError
+from .errors import MedgenError, StepFailed, UsageError
+from .settings import load_settings
 
 app = typer.Typer(
     name="medgen",
@@ -39,15 +40,7 @@ console = Console(stderr=True)
 out_console = Console()
 log = logging.getLogger("medgen_cli")
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
-
-
-class Failure(Exception):
-    """A known failure: message and exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.code = code
+EXIT_FAILED = StepFailed.exit_code
 
 
 # ------------------------------------------------------------------------------------ shared bits
@@ -84,8 +77,6 @@ def handled() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except Failure as err:
-        _fail(str(err), err.code)
     except MedgenError as err:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
@@ -117,10 +108,15 @@ def progress_bar(description: str) -> Iterator[Any]:
         yield update
 
 
-def _load(model, config: Optional[Path], sets: list[str], flags: dict[str, Any]):
-    from .settings import load_settings
+def _print_table(title: str, columns: tuple[str, ...], rows) -> None:
+    from rich.table import Table
 
-    return load_settings(model, config, sets, flags)
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
 
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Settings file (YAML, JSON or TOML); `medgen config show STEP` prints one.")
@@ -132,7 +128,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise Failure(f"--shard {text!r} must look like I/N, e.g. 0/4", EXIT_USAGE) from None
+        raise UsageError(f"--shard {text!r} must look like I/N, e.g. 0/4") from None
     return i, n
 
 
@@ -177,7 +173,7 @@ def preprocess_cmd(
             "input.subject_csv": str(subject_csv) if subject_csv else None, "store.dtype": dtype,
             "runtime.workers": workers,
         }
-        settings = _load(PreprocessSettings, config, set_, flags)
+        settings = load_settings(PreprocessSettings, config, set_, flags)
         with progress_bar("preprocess") as update:
             result = preprocess.run(settings, out, overwrite=overwrite, shard=_parse_shard(shard), strict=strict,
                                     progress=update)
@@ -189,7 +185,7 @@ def preprocess_cmd(
         if result.failed:
             for path, reason in result.failed:
                 console.print(f"[red]failed[/] {reason if path in reason else f'{path}: {reason}'}", highlight=False)
-            raise Failure(f"{len(result.failed)} input(s) failed; the other items were written", EXIT_FAILED)
+            raise StepFailed(f"{len(result.failed)} input(s) failed; the other items were written")
 
 
 # --------------------------------------------------------------------------------------- train-ae
@@ -216,7 +212,7 @@ def train_ae_cmd(
     with handled():
         flags = {"data.path": str(data) if data else None, "model.kind": kind, "train.steps": steps,
                  "train.max_minutes": max_minutes, "runtime.device": device}
-        settings = _load(TrainAESettings, config, set_, flags)
+        settings = load_settings(TrainAESettings, config, set_, flags)
         main_rank = os.environ.get("RANK", "0") == "0"
         if not main_rank:
             _state["quiet"] = True  # one progress line per job, from rank 0
@@ -255,7 +251,7 @@ def encode_latents_cmd(
     with handled():
         flags = {"ae": str(ae) if ae else None, "data": str(data) if data else None, "store": store,
                  "batch_size": batch_size, "dtype": dtype, "runtime.device": device}
-        settings = _load(EncodeSettings, config, set_, flags)
+        settings = load_settings(EncodeSettings, config, set_, flags)
         with progress_bar("encode-latents") as update:
             result = encode_latents.run(settings, out, overwrite=overwrite, progress=update)
         s = result.summary
@@ -292,7 +288,7 @@ def train_prior_cmd(
         flags = {"data.path": str(latents) if latents else None, "prior.kind": kind,
                  "condition.paths": [str(c) for c in condition] if condition else None, "condition.label": label,
                  "train.steps": steps, "train.max_minutes": max_minutes, "runtime.device": device}
-        settings = _load(TrainPriorSettings, config, set_, flags)
+        settings = load_settings(TrainPriorSettings, config, set_, flags)
         main_rank = os.environ.get("RANK", "0") == "0"
         if not main_rank:
             _state["quiet"] = True  # one progress line per job, from rank 0
@@ -348,7 +344,7 @@ def sample_cmd(
                  "condition.paths": [str(c) for c in condition] if condition else None,
                  "condition.subject": subject, "condition.all_subjects": True if all_subjects else None,
                  "condition.label": label, "runtime.device": device}
-        settings = _load(SampleSettings, config, set_, flags)
+        settings = load_settings(SampleSettings, config, set_, flags)
         with progress_bar("sample") as update:
             result = sample.run(settings, out, overwrite=overwrite, progress=update)
         s = result.summary
@@ -378,8 +374,6 @@ def evaluate_cmd(
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Score an autoencoder's reconstructions, or samples: distances, diversity, memorisation, paired metrics."""
-    from rich.table import Table
-
     from .settings import EvaluateSettings
     from .steps import evaluate
 
@@ -388,15 +382,10 @@ def evaluate_cmd(
         flags = {**{k: str(v) if v else None for k, v in paths.items()}, "split": split, "store": store,
                  "target_store": target_store, "axis": axis, "max_pictures": max_pictures,
                  "memorisation_threshold": threshold, "runtime.device": device}
-        settings = _load(EvaluateSettings, config, set_, flags)
+        settings = load_settings(EvaluateSettings, config, set_, flags)
         with progress_bar("evaluate") as update:
             result = evaluate.run(settings, out, overwrite=overwrite, progress=update)
-        table = Table(title=f"{result.mode} metrics")
-        for column in ("section", "metric", "value"):
-            table.add_column(column)
-        for row in result.rows:
-            table.add_row(*row)
-        out_console.print(table)
+        _print_table(f"{result.mode} metrics", ("section", "metric", "value"), result.rows)
         flagged = result.metrics.get("memorisation", {}).get("flagged", 0)
         if flagged:
             console.print(f"[bold yellow]{flagged} sample(s) look like copies of training items[/]; "
@@ -421,25 +410,19 @@ def export_cmd(
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Write a store's items as NIfTI, NRRD, MHA, DICOM or PNG, or an autoencoder as TorchScript, ONNX or safetensors."""
-    from rich.table import Table
-
     from .settings import ExportSettings
     from .steps import export
 
     with handled():
         flags = {"source": str(source), "format": fmt, "store": store, "split": split, "items": items,
                  "decode": decode or None, "runtime.device": device}
-        settings = _load(ExportSettings, config, set_, flags)
+        settings = load_settings(ExportSettings, config, set_, flags)
         with progress_bar("export") as update:
             result = export.run(settings, out, overwrite=overwrite, progress=update)
         s = result.summary
         if "modules" in s:
-            table = Table(title=f"{s['format']} export of {s['source']}")
-            for column in ("module", "file", "max |difference| to PyTorch"):
-                table.add_column(column)
-            for m in s["modules"]:
-                table.add_row(m["name"], m["file"], f"{m['max_abs_diff']:.2e}")
-            out_console.print(table)
+            _print_table(f"{s['format']} export of {s['source']}", ("module", "file", "max |difference| to PyTorch"),
+                         [(m["name"], m["file"], f"{m['max_abs_diff']:.2e}") for m in s["modules"]])
             console.print(f"[green]wrote[/] {out} (every module within {s['tolerance']:g} of PyTorch)")
         else:
             synthetic = f", {s['synthetic']} marked synthetic" if s["synthetic"] else ""
@@ -468,7 +451,7 @@ def _step_model(step: str):
     from .settings import STEP_SETTINGS
 
     if step not in STEP_SETTINGS:
-        raise Failure(f"unknown step {step!r}; choose one of {', '.join(STEP_SETTINGS)}", EXIT_USAGE)
+        raise UsageError(f"unknown step {step!r}; choose one of {', '.join(STEP_SETTINGS)}")
     return STEP_SETTINGS[step]
 
 
@@ -482,7 +465,7 @@ def config_show_cmd(
     from .settings import settings_to_yaml
 
     with handled():
-        settings = _load(_step_model(step), config, set_, {})
+        settings = load_settings(_step_model(step), config, set_, {})
         sys.stdout.write(settings_to_yaml(settings))
 
 
@@ -493,7 +476,7 @@ def config_validate_cmd(
 ) -> None:
     """Check a settings file; exit 2 with the bad keys if it is wrong."""
     with handled():
-        _load(_step_model(step), file, [], {})
+        load_settings(_step_model(step), file, [], {})
         console.print(f"[green]ok[/] {file} is valid {step} settings")
 
 

@@ -9,7 +9,7 @@ Orchestration only: read the data artefact, build datasets (whole items or patch
          model.json          kind, config (rebuilds the model alone), latent_scale, data_range,
                              intensity mapping, spatial_dims, input_shape, patch_size
          checkpoints/        resumable checkpoints (last N + best.pt)
-         metrics.jsonl  plots/losses.png  plots/recon_XXXXXX.png
+         metrics.jsonl  plots/losses.png  plots/recon_<step>.png
 
 Under ``torchrun`` every rank trains on its shard of the data; only rank 0 writes, the other ranks
 wait at barriers. ``resume=True`` continues ``OUT.partial`` from its last checkpoint.

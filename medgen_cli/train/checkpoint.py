@@ -101,7 +101,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 
 # ----------------------------------------------------------------------------------------- manager
 class CheckpointManager:
-    """Numbered checkpoints ``step-XXXXXXXX.pt`` in ``directory`` plus ``best.pt``.
+    """Numbered checkpoints ``step-<8-digit step>.pt`` in ``directory`` plus ``best.pt``.
 
     Args:
         directory: where checkpoints live (inside the step's ``OUT.partial/``).
