@@ -174,8 +174,9 @@ def preprocess_cmd(
             "runtime.workers": workers,
         }
         settings = load_settings(PreprocessSettings, config, set_, flags)
+        shard_index = _parse_shard(shard)
         with progress_bar("preprocess") as update:
-            result = preprocess.run(settings, out, overwrite=overwrite, shard=_parse_shard(shard), strict=strict,
+            result = preprocess.run(settings, out, overwrite=overwrite, shard=shard_index, strict=strict,
                                     progress=update)
         if not result.committed:
             console.print(f"shard {shard} done; {out} is committed when the last shard finishes.")
