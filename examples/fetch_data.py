@@ -9,6 +9,11 @@ Files already in the cache are not fetched again.
     pyradiomics 3.0.1 sdist -> lung1/lung2 CT (HU, NRRD), brain1/brain2 MR, breast1 MR
     pydicom-data            -> RG3_UNCR.dcm (CR radiograph, MONOCHROME1), MR2_UNCR.dcm
     dipy                    -> S0_10slices.nii.gz, aniso_vox.nii.gz (MR)
+    nilearn                 -> mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz (MR T1 template, brain only)
+    pydeface                -> mean_reg2mean.nii.gz (MR T1 template, whole head)
+
+The two templates are averages of many people, not subjects: examples use them as extra training
+images only, never to measure quality.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ WANTED = {
         "lung1_label.nrrd", "lung2_label.nrrd")],
     "pydicom-data": ["data_store/data/RG3_UNCR.dcm", "data_store/data/MR2_UNCR.dcm"],
     "dipy": ["dipy/data/files/S0_10slices.nii.gz", "dipy/data/files/aniso_vox.nii.gz"],
+    "nilearn": ["nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"],
+    "pydeface": ["pydeface/data/mean_reg2mean.nii.gz"],
 }
 
 

@@ -150,7 +150,7 @@ def preprocess_cmd(
     split: Optional[str] = typer.Option(None, help="Subject fractions train,val,test, e.g. 0.8,0.1,0.1."),
     seed: Optional[int] = typer.Option(None, help="Seed of the split (and of derived noise)."),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex whose group 'subject' is the subject id."),
-    subject_csv: Optional[Path] = typer.Option(None, help="CSV with columns path,subject."),
+    subject_csv: Optional[Path] = typer.Option(None, help="CSV with columns path,subject[,split]; a split pins that subject (train/val/test)."),
     dtype: Optional[str] = typer.Option(None, help="Stored type: float16, float32 or int16."),
     workers: Optional[int] = typer.Option(None, help="Worker processes."),
     shard: str = typer.Option("0/1", help="Process only shard I of N (0-based), e.g. 3/8 in a SLURM array."),

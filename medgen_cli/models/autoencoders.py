@@ -30,7 +30,7 @@ class VQVAE(Autoencoder):
         in_channels: image channels.
         out_channels: reconstructed channels (default `in_channels`).
         channels: encoder channels per level.
-        num_res_blocks: residual blocks per level.
+        num_res_blocks: residual blocks per level (an int, or one per level; 0 allowed).
         downsample: per-level factors, each an int or per-axis tuple, applied at the end of the
             level; default 2 on every axis at every level. E.g. ((2, 2, 1), (2, 2, 2)) in 3D.
         embedding_dim: code width (latent channels).
@@ -56,7 +56,7 @@ class VQVAE(Autoencoder):
         in_channels: int = 1,
         out_channels: int | None = None,
         channels: Sequence[int] = (32, 64),
-        num_res_blocks: int = 2,
+        num_res_blocks: int | Sequence[int] = 2,
         downsample: FactorsArg = None,
         embedding_dim: int = 8,
         num_embeddings: int = 256,

@@ -82,7 +82,8 @@ class PyramidSpec:
         spatial_dims: number of spatial axes.
         channels: channels per level.
         downsample: per-level per-axis factors (see `resolve_downsample`).
-        num_res_blocks: residual blocks per level.
+        num_res_blocks: residual blocks per level: one int for every level, or one per level (0 allowed), e.g.
+            (0, 2) puts no blocks at full resolution, the cheap layout of MONAI's VQ-VAE.
         attention_levels: levels (indices into `channels`) with self-attention after each block.
         mid_attention: self-attention in the middle block.
         upsample_mode: "nearest" | "transpose" (decoder).
@@ -91,7 +92,7 @@ class PyramidSpec:
     spatial_dims: int
     channels: tuple[int, ...]
     downsample: tuple[tuple[int, ...], ...]
-    num_res_blocks: int = 2
+    num_res_blocks: int | tuple[int, ...] = 2
     attention_levels: tuple[int, ...] = ()
     mid_attention: bool = False
     upsample_mode: str = "nearest"
@@ -102,11 +103,22 @@ class PyramidSpec:
             raise ValueError(f"channels={self.channels!r} must be a non-empty list of positive ints")
         if len(self.downsample) != len(self.channels):
             raise ValueError(f"downsample={self.downsample!r} needs one factor per level of channels={self.channels!r}")
-        if self.num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks={self.num_res_blocks} must be >= 1")
+        blocks = self.blocks_per_level
+        if len(blocks) != len(self.channels) or any(b < 0 for b in blocks) or sum(blocks) < 1:
+            raise ValueError(
+                f"num_res_blocks={self.num_res_blocks!r} must be one int >= 1 or one int >= 0 per level of "
+                f"channels={self.channels!r} (not all 0)"
+            )
         bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < len(self.channels)]
         if bad:
             raise ValueError(f"attention_levels={self.attention_levels!r} must index levels 0..{len(self.channels) - 1}")
+
+    @property
+    def blocks_per_level(self) -> tuple[int, ...]:
+        """Residual blocks of each level."""
+        if isinstance(self.num_res_blocks, int):
+            return (self.num_res_blocks,) * len(self.channels)
+        return tuple(int(b) for b in self.num_res_blocks)
 
     @property
     def total_factor(self) -> tuple[int, ...]:
@@ -154,8 +166,8 @@ class Encoder(nn.Module):
         self.stem = make_conv(sd, in_channels, spec.channels[0], 3)
         layers: list[nn.Module] = []
         prev = spec.channels[0]
-        for level, (ch, factor) in enumerate(zip(spec.channels, spec.downsample)):
-            for _ in range(spec.num_res_blocks):
+        for level, (ch, factor, blocks) in enumerate(zip(spec.channels, spec.downsample, spec.blocks_per_level)):
+            for _ in range(blocks):
                 layers.append(_resblock(spec, opts, prev, ch))
                 prev = ch
                 if level in spec.attention_levels:
@@ -187,7 +199,7 @@ class Decoder(nn.Module):
             ch, factor = spec.channels[level], spec.downsample[level]
             if any(f > 1 for f in factor):
                 layers.append(Upsample(sd, prev, prev, factor, spec.upsample_mode, factorized=opts.factorized))
-            for _ in range(spec.num_res_blocks):
+            for _ in range(spec.blocks_per_level[level]):
                 layers.append(_resblock(spec, opts, prev, ch))
                 prev = ch
                 if level in spec.attention_levels:

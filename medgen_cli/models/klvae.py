@@ -28,7 +28,7 @@ class KLVAE(Autoencoder):
         in_channels, out_channels: image channels (out default = in).
         channels: channels per level.
         latent_channels: channels of the latent z.
-        num_res_blocks: residual blocks per level.
+        num_res_blocks: residual blocks per level (an int, or one per level; 0 allowed).
         downsample: per-level factors; default 2 per axis at every level except the last (LDM's
             convention, so (64, 128, 256) gives a factor of 4).
         kl_weight: weight of the KL term. The KL is summed over latent elements and divided by the
@@ -49,7 +49,7 @@ class KLVAE(Autoencoder):
         out_channels: int | None = None,
         channels: Sequence[int] = (64, 128, 256),
         latent_channels: int = 4,
-        num_res_blocks: int = 1,
+        num_res_blocks: int | Sequence[int] = 1,
         downsample: FactorsArg = None,
         kl_weight: float = 1e-6,
         logvar_min: float = -30.0,

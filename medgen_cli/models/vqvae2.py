@@ -32,7 +32,8 @@ class VQVAE2(Autoencoder):
         in_channels, out_channels: image channels (out default = in).
         channels: bottom encoder channels per level (its last entry is the bottom feature width).
         top_channels: top encoder channels per level.
-        num_res_blocks: residual blocks per level (both pyramids).
+        num_res_blocks: residual blocks per level (an int, or one per bottom level, 0 allowed; the top
+            pyramid then uses the largest).
         downsample: bottom per-level factors (default 2 per axis per level).
         top_downsample: top per-level factors, relative to the bottom grid (default 2 per level).
         embedding_dim: code width of both codebooks.
@@ -54,7 +55,7 @@ class VQVAE2(Autoencoder):
         out_channels: int | None = None,
         channels: Sequence[int] = (32, 64),
         top_channels: Sequence[int] = (64,),
-        num_res_blocks: int = 1,
+        num_res_blocks: int | Sequence[int] = 1,
         downsample: FactorsArg = None,
         top_downsample: FactorsArg = None,
         embedding_dim: int = 8,
@@ -78,8 +79,10 @@ class VQVAE2(Autoencoder):
         out_channels = out_channels or in_channels
         shared = (mid_attention, upsample_mode, norm, num_groups, dropout, factorized_3d, rezero, num_heads)
         bottom, opts = make_specs(spatial_dims, channels, downsample, num_res_blocks, attention_levels, *shared)
-        # attention_levels index the bottom pyramid; the top pyramid is small, attention in its middle only
-        top, _ = make_specs(spatial_dims, top_channels, top_downsample, num_res_blocks, (), *shared)
+        # attention_levels and a per-level num_res_blocks index the bottom pyramid; the top pyramid is
+        # small: attention in its middle only, and the bottom's largest block count at every level
+        top_blocks = num_res_blocks if isinstance(num_res_blocks, int) else max(num_res_blocks)
+        top, _ = make_specs(spatial_dims, top_channels, top_downsample, top_blocks, (), *shared)
         width = bottom.channels[-1]
         vq_kwargs = dict(commitment_cost=commitment_cost, decay=decay, dead_code_threshold=dead_code_threshold, ema=ema)
 

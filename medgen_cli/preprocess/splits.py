@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -48,8 +49,11 @@ def assign_splits(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     names: Sequence[str] = ("train", "val", "test"),
+    pinned: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Assign each subject to one split.
+
+    Subjects in ``pinned`` keep their split; the others are split by ``fractions``.
 
     Deterministic for a seed and independent of the input order (duplicates are fine). Counts use
     largest-remainder rounding of ``fraction * n``; each split with a non-zero fraction gets at
@@ -61,6 +65,7 @@ def assign_splits(
         fractions: one fraction per split, each >= 0, summing to 1.
         seed: seed of the permutation.
         names: split names, as many as fractions.
+        pinned: ``{subject: split}`` fixed in advance (e.g. from a subject CSV).
 
     Returns:
         ``{subject: split_name}`` for every unique subject.
@@ -73,12 +78,18 @@ def assign_splits(
         raise ValueError(f"split names must be unique, got {names}")
     if any(not np.isfinite(v) or v < 0 for v in fractions) or not np.isclose(sum(fractions), 1.0, atol=1e-6):
         raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
-    unique = sorted({str(s) for s in subjects})
+    pinned = {str(k): str(v) for k, v in (pinned or {}).items()}
+    wrong = sorted({v for v in pinned.values() if v not in names})
+    if wrong:
+        raise ValueError(f"pinned splits {wrong} are not among the split names {names}")
+    given = {str(s) for s in subjects}
+    fixed = {s: pinned[s] for s in given if s in pinned}
+    unique = sorted(given - set(fixed))
     if not unique:
-        return {}
+        return fixed
     order = np.random.default_rng(seed).permutation(len(unique))
     counts = _split_counts(len(unique), fractions)
-    out, start = {}, 0
+    out, start = dict(fixed), 0
     for name, c in zip(names, counts):
         for idx in order[start:start + c]:
             out[unique[idx]] = name
@@ -124,14 +135,27 @@ def subject_from_path(path: str | PurePath, pattern: str | None = None) -> str:
     return value
 
 
-def load_subject_csv(path: str | Path) -> dict[str, str]:
-    """Read a ``path,subject`` CSV (header required; extra columns ignored).
+@dataclass(frozen=True)
+class SubjectTable:
+    """What a subject CSV says: the subject of each path, and the subjects pinned to a split."""
+
+    subjects: dict[str, str] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=dict)
+
+
+def load_subject_csv(path: str | Path, split_names: Sequence[str] = ("train", "val", "test")) -> SubjectTable:
+    """Read a ``path,subject[,split]`` CSV (header required; extra columns ignored).
+
+    A non-empty ``split`` pins that subject to the split (e.g. an official test set); subjects
+    without one are split by the fractions as usual.
 
     Args:
         path: the CSV file.
+        split_names: the allowed split values.
 
     Returns:
-        ``{path_or_name: subject}`` with the ``path`` column as written in the file.
+        `SubjectTable` with ``{path_or_name: subject}`` (the ``path`` column as written in the file)
+        and ``{subject: split}`` for the pinned subjects.
     """
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -139,12 +163,20 @@ def load_subject_csv(path: str | Path) -> dict[str, str]:
         if "path" not in header or "subject" not in header:
             raise ValueError(f"{path}: the CSV needs 'path' and 'subject' columns, found {header}")
         reader.fieldnames = header
-        out: dict[str, str] = {}
+        table = SubjectTable()
         for line, row in enumerate(reader, start=2):
             key, subject = (row.get("path") or "").strip(), (row.get("subject") or "").strip()
+            split = (row.get("split") or "").strip()
             if not key or not subject:
                 raise ValueError(f"{path}:{line}: empty path or subject in {row}")
-            if key in out and out[key] != subject:
-                raise ValueError(f"{path}:{line}: {key!r} is listed with two subjects, {out[key]!r} and {subject!r}")
-            out[key] = subject
-    return out
+            if key in table.subjects and table.subjects[key] != subject:
+                raise ValueError(f"{path}:{line}: {key!r} is listed with two subjects, {table.subjects[key]!r} and {subject!r}")
+            table.subjects[key] = subject
+            if not split:
+                continue
+            if split not in split_names:
+                raise ValueError(f"{path}:{line}: split {split!r} is not one of {', '.join(split_names)}")
+            if table.splits.get(subject, split) != split:
+                raise ValueError(f"{path}:{line}: subject {subject!r} is pinned to two splits, {table.splits[subject]!r} and {split!r}")
+            table.splits[subject] = split
+    return table

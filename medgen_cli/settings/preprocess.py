@@ -19,7 +19,8 @@ class InputSettings(Section):
     subject_pattern: str | None = Field(
         None, description="Regex on the file path whose group 'subject' (or first group) is the subject id."
     )
-    subject_csv: str | None = Field(None, description="CSV with columns path,subject mapping inputs to subjects.")
+    subject_csv: str | None = Field(None, description="CSV with columns path,subject[,split]: the subject of each input; a non-empty split\n"
+        "(train, val or test) pins that subject, the others follow split.fractions.")
     modality: Literal["auto", "CT", "MR", "XR", "OT"] = Field(
         "auto", description="Modality; auto reads it from DICOM/NRRD headers or guesses from the values."
     )

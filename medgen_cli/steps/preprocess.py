@@ -208,13 +208,14 @@ def process_source(source: Source, item_base: str, subject: str, split: str, s: 
 
 
 # ---------------------------------------------------------------------------------------- the step
-def _subjects(sources: list[Source], s: PreprocessSettings) -> dict[str, str]:
-    mapping = splits.load_subject_csv(s.input.subject_csv) if s.input.subject_csv else {}
-    out = {}
+def _subjects(sources: list[Source], s: PreprocessSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """``({source key: subject}, {subject: pinned split})`` from the subject CSV or the file names."""
+    table = splits.load_subject_csv(s.input.subject_csv) if s.input.subject_csv else splits.SubjectTable()
+    mapping, out = table.subjects, {}
     for src in sources:
         subject = mapping.get(src.path) or mapping.get(Path(src.path).name) or mapping.get(src.name)
         out[src.path + src.series_uid] = subject or splits.subject_from_path(src.path, s.input.subject_pattern)
-    return out
+    return out, table.splits
 
 
 def _progress_file(partial: Path, base: str) -> Path:
@@ -254,8 +255,10 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
     if strict and failed:
         raise ReadError(f"{failed[0][0]}: {failed[0][1]}")
 
-    subjects = _subjects(sources, settings)
-    assignment = splits.assign_splits(sorted(set(subjects.values())), tuple(settings.split.fractions), settings.split.seed)
+    subjects, pinned = _subjects(sources, settings)
+    assignment = splits.assign_splits(
+        sorted(set(subjects.values())), tuple(settings.split.fractions), settings.split.seed, pinned=pinned
+    )
     names = [_item_base(src, set()) for src in sources]
     duplicates = {n for n in names if names.count(n) > 1}
     bases = [_item_base(src, duplicates) for src in sources]

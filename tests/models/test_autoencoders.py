@@ -136,6 +136,35 @@ def test_config_round_trip(kind, spatial_dims, tiny_autoencoder):
     rebuilt.load_state_dict(a)  # a checkpoint loads into the rebuilt model
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_level_res_blocks(kind, tiny_autoencoder):
+    """num_res_blocks=(0, 1): no residual block at full resolution, one at the lower level, per pyramid."""
+    from medgen_cli.nn.blocks import ResBlock
+
+    def full_res_blocks(model):
+        # blocks that run at the input resolution: before the encoder's first downsampling
+        count = 0
+        encoder = model.enc_bottom if kind == "vqvae2" else model.encoder
+        for layer in encoder.body:
+            if type(layer).__name__ == "Downsample":
+                break
+            count += isinstance(layer, ResBlock)
+        return count
+
+    uniform, cheap = tiny_autoencoder(kind, 2), tiny_autoencoder(kind, 2, num_res_blocks=(0, 1))
+    n_blocks = lambda m: sum(isinstance(x, ResBlock) for x in m.modules())
+    assert full_res_blocks(uniform) == 1 and full_res_blocks(cheap) == 0
+    assert n_blocks(uniform) - n_blocks(cheap) == 2  # one in the encoder, one in the decoder (vqvae2: bottom pyramid)
+    x = phantom(2)
+    assert cheap(x).reconstruction.shape == x.shape
+    rebuilt = build_autoencoder(**json.loads(json.dumps(cheap.config())))
+    rebuilt.load_state_dict(cheap.state_dict())
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        tiny_autoencoder(kind, 2, num_res_blocks=(0, 0))
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        tiny_autoencoder(kind, 2, num_res_blocks=(1, 1, 1))
+
+
 def test_registry_kinds_and_vqgan_defaults():
     gan = build_autoencoder("vqgan", 2, channels=(8,), num_groups=4)
     assert isinstance(gan, VQVAE) and gan.kind == "vqgan" and gan.config()["recon_loss"] == "l1"

@@ -63,7 +63,7 @@ def test_subject_from_path():
 def test_load_subject_csv(tmp_path):
     f = tmp_path / "subjects.csv"
     f.write_text("path, subject,site\nimgs/a.nii.gz,P1,x\nimgs/b.nii.gz,P1,y\nc,P2,z\n")
-    assert P.load_subject_csv(f) == {"imgs/a.nii.gz": "P1", "imgs/b.nii.gz": "P1", "c": "P2"}
+    assert P.load_subject_csv(f).subjects == {"imgs/a.nii.gz": "P1", "imgs/b.nii.gz": "P1", "c": "P2"}
     bad = tmp_path / "bad.csv"
     bad.write_text("file,subject\na,b\n")
     with pytest.raises(ValueError, match="'path' and 'subject'"):
@@ -72,3 +72,32 @@ def test_load_subject_csv(tmp_path):
     clash.write_text("path,subject\na,P1\na,P2\n")
     with pytest.raises(ValueError, match="two subjects"):
         P.load_subject_csv(clash)
+
+
+def test_pinned_subjects_keep_their_split_and_the_rest_follow_the_fractions():
+    subjects = [f"s{i:02d}" for i in range(20)]
+    got = P.assign_splits(subjects, (0.5, 0.0, 0.5), seed=1, pinned={"s03": "test", "s07": "train", "other": "val"})
+    assert got["s03"] == "test" and got["s07"] == "train"
+    assert "other" not in got  # pinned but absent from the inputs
+    rest = Counter(v for k, v in got.items() if k not in ("s03", "s07"))
+    assert rest == Counter({"train": 9, "test": 9})
+    assert P.assign_splits(["a", "b"], (1.0, 0.0, 0.0), pinned={"b": "test"}) == {"a": "train", "b": "test"}
+    assert P.assign_splits(["a"], (1.0, 0.0, 0.0), pinned={"a": "val"}) == {"a": "val"}
+    with pytest.raises(ValueError, match="not among the split names"):
+        P.assign_splits(["a"], pinned={"a": "holdout"})
+
+
+def test_subject_csv_split_column(tmp_path):
+    f = tmp_path / "subjects.csv"
+    f.write_text("path,subject,split\na.nrrd,P1,test\nb.nrrd,P1,\nc.nrrd,P2,\nd.nrrd,P3,train\n")
+    table = P.load_subject_csv(f)
+    assert table.subjects == {"a.nrrd": "P1", "b.nrrd": "P1", "c.nrrd": "P2", "d.nrrd": "P3"}
+    assert table.splits == {"P1": "test", "P3": "train"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,subject,split\na,P1,holdout\n")
+    with pytest.raises(ValueError, match="'holdout' is not one of train, val, test"):
+        P.load_subject_csv(bad)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("path,subject,split\na,P1,test\nb,P1,train\n")
+    with pytest.raises(ValueError, match="pinned to two splits"):
+        P.load_subject_csv(twice)

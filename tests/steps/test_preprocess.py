@@ -330,7 +330,7 @@ def test_previews_hu_warning_and_subject_csv(tmp_path, caplog):
     paths = make_cts(tmp_path / "raw", 2, shape=(16, 16, 10))
     mr_like = save_nifti(tmp_path / "raw" / "notct.nii.gz", np.random.default_rng(0).uniform(0, 500, (16, 16, 10)).astype(np.float32), AFFINE)
     csv = tmp_path / "subjects.csv"
-    csv.write_text(f"path,subject\n{paths[0]},patientA\n{paths[1]},patientA\nnotct.nii.gz,patientB\n")
+    csv.write_text(f"path,subject,split\n{paths[0]},patientA,\n{paths[1]},patientA,\nnotct.nii.gz,patientB,test\n")
     from medgen_cli.settings import PreprocessSettings, load_settings
     from medgen_cli.steps import preprocess
 
@@ -342,6 +342,7 @@ def test_previews_hu_warning_and_subject_csv(tmp_path, caplog):
     assert result.items == {"main": 3} and not result.failed
     store = Store.open(store_path(tmp_path / "prep"))
     assert sorted(store.subjects()) == ["patientA", "patientB"]
-    assert store.item_attrs("ct00")["split"] == store.item_attrs("ct01")["split"]  # one subject, one split
+    assert store.item_attrs("ct00")["split"] == store.item_attrs("ct01")["split"] == "train"  # one subject, one split
+    assert store.ids("test") == ["notct"]  # pinned by the CSV's split column
     png = tmp_path / "prep" / "previews" / "main.png"
     assert png.stat().st_size > 1000 and "previews" in require(tmp_path / "prep", "preprocessed").files

@@ -23,6 +23,8 @@ def test_registered_and_round_trips():
         (["data.patch_size=18,18"], "not divisible by the model's downsampling factor [4, 4]"),
         (["model.downsample=2"], "needs one factor per level"),
         (["model.attention_levels=3"], "must index levels 0..1"),
+        (["model.num_res_blocks=0,0"], "model.num_res_blocks = [0, 0] must be one integer >= 1 or one integer >= 0 per level"),
+        (["model.num_res_blocks=1,1,1"], "(2 levels, not all 0)"),
         (["loss.l1=0"], "all 0"),
         (["optim.betas=0.9"], "'optim.betas'"),
         (["train.select=worst"], "'train.select' = 'worst'"),
@@ -39,3 +41,6 @@ def test_per_axis_downsampling_and_model_kwargs():
     assert s.model.factors(3) == (4, 4, 2)
     assert s.model.model_kwargs(1)["downsample"] == [[2, 2, 1], [2, 2, 2]]
     assert s.adversarial.active("vqgan") and not s.adversarial.active("vqvae")
+    assert s.model.model_kwargs(1)["num_res_blocks"] == 2  # one value: every level
+    cheap = load_settings(TrainAESettings, None, ["model.num_res_blocks=0,2"])
+    assert cheap.model.model_kwargs(1)["num_res_blocks"] == [0, 2]
