@@ -9,7 +9,7 @@
 # super-resolved with DDIM in 50 steps and scored against its original next to trilinear upsampling
 # of the same input and the autoencoder's own reconstruction (the ceiling of any latent model).
 # Figures rest on ONE held-out subject (one CT trains): a demonstration, not a validation.
-# Budget on a 2-core CPU: ~10 min autoencoder + ~15 min prior + ~1 min sampling.
+# Budget on a 2-core CPU: ~6 min autoencoder + ~7.5 min prior + ~1 min sampling and evaluation.
 #
 #   bash examples/04_ct_superres/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
 set -euo pipefail

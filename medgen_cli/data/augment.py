@@ -21,14 +21,14 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-__all__ = ["Augmentation", "IntensityJitter", "build_augmentation"]
+__all__ = ["Augmentation", "GammaJitter", "IntensityJitter", "build_augmentation"]
 
 # kornia flip class per spatial axis, indexed [spatial_dims][axis]
 _FLIPS = {
     2: (K.RandomVerticalFlip, K.RandomHorizontalFlip),
     3: (K.RandomDepthicalFlip3D, K.RandomVerticalFlip3D, K.RandomHorizontalFlip3D),
 }
-_KEYS = {"enabled", "flip", "rotate", "scale", "translate", "intensity_shift", "intensity_scale", "fill"}
+_KEYS = {"enabled", "flip", "rotate", "scale", "translate", "intensity_shift", "intensity_scale", "gamma", "fill"}
 
 
 class IntensityJitter(nn.Module):
@@ -60,6 +60,39 @@ class IntensityJitter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shift={self.shift}, scale={self.scale}, fill={self.fill}"
+
+
+class GammaJitter(nn.Module):
+    """Random per-sample gamma (a non-linear contrast change between tissues): on the mapping's
+    unit interval ``t = (x - fill) / (top - fill)``, ``t -> t ** g`` with ``log g ~ U(-gamma, gamma)``.
+
+    Background (``fill``) and the top of the range stay put; mid-grey tissues get brighter or darker
+    relative to each other, as between two scanners or protocols. Values outside the interval keep
+    their distance from it (``t`` is clamped at 0 for the power only).
+
+    Args:
+        gamma: maximum ``|log g|`` (0.3 gives ``g`` in 0.74..1.35).
+        fill: the stored background value (bottom of the interval).
+        top: the stored top of the interval (1.0 for a [-1, 1] mapping).
+    """
+
+    def __init__(self, gamma: float, fill: float = -1.0, top: float = 1.0):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if top <= fill:
+            raise ValueError(f"the interval's top ({top}) must be above fill ({fill})")
+        self.gamma, self.fill, self.top = float(gamma), float(fill), float(top)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        g = torch.exp((torch.rand(shape, device=x.device, dtype=x.dtype) * 2 - 1) * self.gamma)
+        t = (x - self.fill) / (self.top - self.fill)
+        inside = t.clamp(0, 1)
+        return self.fill + (self.top - self.fill) * (inside.pow(g) + (t - inside))
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, fill={self.fill}, top={self.top}"
 
 
 class _FillAround(nn.Module):
@@ -142,6 +175,7 @@ def build_augmentation(
         translate: maximum translation as a fraction of the size along every axis.
         intensity_shift: maximum additive intensity change (stored units).
         intensity_scale: maximum multiplicative intensity change (fraction).
+        gamma: maximum ``|log gamma|`` of a random gamma on the [fill, 1] interval (see `GammaJitter`).
         fill: stored value given to voxels moved in from outside the image and the pivot of the
             contrast change (default -1.0, the background of a [-1, 1] mapping; pass the
             mapping's ``out_low`` otherwise).
@@ -174,4 +208,7 @@ def build_augmentation(
     shift, iscale = float(opts.get("intensity_shift", 0.0)), float(opts.get("intensity_scale", 0.0))
     if shift > 0 or iscale > 0:
         transforms.append(IntensityJitter(shift=shift, scale=iscale, fill=fill))
+    gamma = float(opts.get("gamma", 0.0))
+    if gamma > 0:
+        transforms.insert(len(transforms) - (shift > 0 or iscale > 0), GammaJitter(gamma, fill=fill))
     return Augmentation(spatial_dims, transforms) if transforms else None

@@ -1,4 +1,4 @@
-"""torch Datasets over medgen item stores: whole items, random patches and subject-paired items.
+"""torch Datasets over medgen item stores: whole items, random patches and paired items (by subject or item id).
 
 Every dataset returns dicts of tensors with a channel axis, ``image: (1, *spatial)`` float32,
 reading through :class:`~medgen_cli.io.store.Store`, so local paths and fsspec URLs both work.
@@ -23,7 +23,7 @@ from ..io.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ItemDataset", "PatchDataset", "PairedDataset", "open_store", "data_range"]
+__all__ = ["JOINS", "ItemDataset", "PatchDataset", "PairedDataset", "data_range", "open_store", "resolve_join"]
 
 StoreLike = Store | str | Path
 
@@ -209,13 +209,50 @@ def _view_order(store: Store, ids: Sequence[str]) -> list[str]:
     return sorted(ids, key=lambda i: (str(store.item_attrs(i).get("view", "")), i))
 
 
-class PairedDataset(Dataset):
-    """Target items joined to the items of one or more condition stores by subject id.
+JOINS = ("auto", "item", "subject")
 
-    One sample per target item. Its conditions are all items of the same subject in each
-    condition store, stores in the given order, and within a store ordered by their ``view``
-    attribute then id (so DRR views ``_ap``, ``_lateral`` keep a fixed position). Subjects missing
-    from any condition store are dropped with a warning; an error is raised if none pair.
+
+def resolve_join(target: Store, conditions: Sequence[Store], join: str = "auto") -> str:
+    """The join of target items to condition items: ``item`` or ``subject``.
+
+    ``item`` pairs target item k with the condition item of the same id (derived stores of one
+    preprocess artefact, and their latents, share the ids of ``main``); ``subject`` pairs it with
+    every item of its subject. ``auto`` is ``item`` when every target item id is in every
+    condition store, else ``subject``.
+
+    Raises:
+        ValueError: ``join`` is ``item`` but a target id is missing from a condition store (the
+            message names one), or ``join`` is not one of `JOINS`.
+    """
+    if join not in JOINS:
+        raise ValueError(f"condition.join = {join!r} must be one of {', '.join(JOINS)}")
+    if join == "subject":
+        return join
+    ids = target.ids()
+    for store in conditions:
+        present = set(store.ids())
+        missing = [i for i in ids if i not in present]
+        if missing and join == "item":
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ValueError(
+                f"condition.join = 'item' needs every item of {target.path} in {store.path}, but {missing[0]!r}{more} "
+                "is missing; condition on a store derived in the same preprocess artefact, or set condition.join "
+                "to subject"
+            )
+        if missing:
+            return "subject"
+    return "item"
+
+
+class PairedDataset(Dataset):
+    """Target items joined to the items of one or more condition stores, by subject or by item id.
+
+    One sample per target item. With ``join="subject"`` its conditions are all items of the same
+    subject in each condition store, stores in the given order, and within a store ordered by their
+    ``view`` attribute then id (so DRR views ``_ap``, ``_lateral`` keep a fixed position); subjects
+    missing from any condition store are dropped with a warning, and an error is raised if none
+    pair. With ``join="item"`` its condition is the item of the same id in each condition store
+    (a low-dose sequence k for the full-dose sequence k), read whatever its split.
 
     Each sample is ``{"image": (1, *spatial), "condition": [(1, *spatial_c), ...], "id",
     "subject", "condition_ids": [str, ...]}``.
@@ -225,19 +262,31 @@ class PairedDataset(Dataset):
         condition_stores: stores of the conditioning images (Stores, paths or URLs).
         split: split to read from every store (None: all items).
         storage_options: fsspec options used when opening URLs.
+        join: "subject", "item" or "auto" (see `resolve_join`).
     """
 
     def __init__(self, target_store: StoreLike, condition_stores: Sequence[StoreLike], split: str | None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, join: str = "subject"):
         if isinstance(condition_stores, (Store, str, Path)) or not condition_stores:
             raise ValueError(f"condition_stores must be a non-empty list of stores, got {condition_stores!r}")
         self.target = open_store(target_store, storage_options)
         self.conditions = [open_store(s, storage_options) for s in condition_stores]
+        self.join = resolve_join(self.target, self.conditions, join)
         target_subjects = self.target.subjects(split)
         if not target_subjects:
             raise ValueError(f"{self.target.path} has no items" + (f" in split {split!r}" if split else ""))
-        cond_subjects = [s.subjects(split) for s in self.conditions]
+        # (target id, subject, [condition ids per store])
+        if self.join == "item":
+            self.samples = [(i, subj, [[i] for _ in self.conditions])
+                            for subj in sorted(target_subjects) for i in target_subjects[subj]]
+            self._check_layout({t: lists for t, _, lists in self.samples})
+        else:
+            self.samples = self._join_subjects(target_subjects, split)
+        self.shape = _common_shape(self.target, [t for t, _, _ in self.samples])
 
+    def _join_subjects(self, target_subjects: dict[str, list[str]], split: str | None) -> list[tuple[str, str, list[list[str]]]]:
+        """Every target item with all items of its subject in each condition store."""
+        cond_subjects = [s.subjects(split) for s in self.conditions]
         keep = sorted(target_subjects)
         for store, subjects in zip(self.conditions, cond_subjects):
             missing = [s for s in keep if s not in subjects]
@@ -250,30 +299,25 @@ class PairedDataset(Dataset):
                 f"no subject of {self.target.path} (split {split!r}) has items in every condition store "
                 f"({', '.join(s.path for s in self.conditions)}); check the stores come from the same subjects"
             )
-
-        self.samples: list[tuple[str, str, list[str]]] = []  # (target id, subject, [condition ids per store])
         per_subject: dict[str, list[list[str]]] = {
             subj: [_view_order(store, subjects[subj]) for store, subjects in zip(self.conditions, cond_subjects)]
             for subj in keep
         }
-        for subj in keep:
-            for target_id in target_subjects[subj]:
-                self.samples.append((target_id, subj, per_subject[subj]))
         self._check_layout(per_subject)
-        self.shape = _common_shape(self.target, [t for t, _, _ in self.samples])
+        return [(target_id, subj, per_subject[subj]) for subj in keep for target_id in target_subjects[subj]]
 
-    def _check_layout(self, per_subject: dict[str, list[list[str]]]) -> None:
-        """Every subject needs the same number of conditions per store, of one shape per position."""
-        ref_subject, ref = next(iter(per_subject.items()))
+    def _check_layout(self, per_key: dict[str, list[list[str]]]) -> None:
+        """Every subject (or item) needs the same number of conditions per store, of one shape per position."""
+        ref_key, ref = next(iter(per_key.items()))
         for k, store in enumerate(self.conditions):
-            for subj, lists in per_subject.items():
+            for key, lists in per_key.items():
                 if len(lists[k]) != len(ref[k]):
                     raise ValueError(
-                        f"{store.path}: subject {subj!r} has {len(lists[k])} condition item(s) but {ref_subject!r} "
+                        f"{store.path}: subject {key!r} has {len(lists[k])} condition item(s) but {ref_key!r} "
                         f"has {len(ref[k])}; batches need the same views for every subject"
                     )
             for pos in range(len(ref[k])):
-                _common_shape(store, [lists[k][pos] for lists in per_subject.values()])
+                _common_shape(store, [lists[k][pos] for lists in per_key.values()])
         self.condition_shapes = [tuple(store.array(i).shape) for store, ids in zip(self.conditions, ref) for i in ids]
 
     def __len__(self) -> int:

@@ -8,8 +8,11 @@ int64 tensors (what embeddings take) and KL latents as float32, both without an 
 - `read_latent`: one stored latent as a tensor.
 - `LatentsDataset`: items of a latents store with, optionally, further levels read by the same id
   (the VQ-VAE-2 top codes), condition stores joined by subject (`PairedDataset`'s rule: all items
-  of the subject, ordered by ``view`` then id) and a class label from an item attribute.
-- `subject_conditions`: the condition grids of one subject, in the same order, for sampling.
+  of the subject, ordered by ``view`` then id) or by item id (``join="item"``: the condition item
+  of the same id, e.g. the low-dose copy of a sequence) and a class label from an item attribute.
+- `subject_conditions` / `condition_subjects`: for sampling a subject-joined prior, the condition
+  grids of one subject (in the same order) and the subjects that have them.
+- `condition_items`: for sampling an item-joined prior, the condition items present in every store.
 
 Diffusion priors model continuous tensors (Rombach et al. 2022, sec. 3 and 4.3.2):
 
@@ -17,7 +20,7 @@ Diffusion priors model continuous tensors (Rombach et al. 2022, sec. 3 and 4.3.2
   KL latents are stored already multiplied by the autoencoder's ``latent_scale`` and are modelled as
   stored; VQ codes become their codebook vectors times ``scale`` (1 / std of the training latents,
   `unit_scale`), so the continuous latents of a VQ autoencoder have unit variance too.
-- `resize_latents` / `condition_channels`: condition latents joined by subject, brought to the
+- `resize_latents` / `condition_channels`: condition latents (joined by subject or item), brought to the
   target's grid and concatenated as channels. A grid of another size (a ``downsample:2`` store
   encoded with the same autoencoder has half the grid) is resized by (bi/tri)linear interpolation
   with ``align_corners=False``, so voxel centres line up as in `latent_meta` (image voxel f*v..f*v+f-1).
@@ -37,10 +40,11 @@ from torch.utils.data import Dataset
 
 from ..io.meta import ImageMeta, IntensityMapping
 from ..io.store import Store
-from .datasets import PairedDataset, StoreLike, _common_shape, _split_ids, _view_order, open_store
+from .datasets import PairedDataset, StoreLike, _common_shape, _split_ids, _view_order, open_store, resolve_join
 
-__all__ = ["ContinuousLatentsDataset", "LatentCodec", "LatentsDataset", "condition_channels", "condition_subjects",
-           "latent_meta", "read_latent", "resize_latents", "subject_conditions", "unit_scale"]
+__all__ = ["ContinuousLatentsDataset", "LatentCodec", "LatentsDataset", "condition_channels", "condition_items",
+           "condition_subjects", "latent_meta", "read_latent", "resize_latents", "resolve_join", "subject_conditions",
+           "unit_scale"]
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}  # by number of spatial axes
 
@@ -92,23 +96,26 @@ class LatentsDataset(Dataset):
         split: split to read (None: all items).
         ids: explicit item ids instead of a split (no conditions then).
         levels: ``{name: store}`` read with the same item ids (the vqvae2 ``top`` store).
-        condition_stores: stores joined by subject (see `PairedDataset`); subjects missing from any
-            of them are dropped with a warning, and a ValueError is raised when none pair.
+        condition_stores: stores joined by ``join`` (see `PairedDataset`); with the subject join,
+            subjects missing from any of them are dropped with a warning, and a ValueError is raised
+            when none pair.
+        join: "subject", "item" or "auto" (`resolve_join`); the join used is ``self.join``.
         label_attr: item attribute holding the class label (needs ``classes``).
         classes: the label values; a sample's label is the index of its value.
     """
 
     def __init__(self, store_or_path: StoreLike, split: str | None = None, ids: Sequence[str] | None = None, *,
                  levels: Mapping[str, StoreLike] | None = None, condition_stores: Sequence[StoreLike] = (),
-                 label_attr: str | None = None, classes: Sequence[str] = ()):
+                 label_attr: str | None = None, classes: Sequence[str] = (), join: str = "subject"):
         self.store = open_store(store_or_path)
         self.levels = {name: open_store(s) for name, s in (levels or {}).items()}
         self.conditions: list[Store] = []
+        self.join: str | None = None
         if condition_stores:
             if ids is not None:
                 raise ValueError("ids and condition_stores exclude each other; pass a split with condition stores")
-            paired = PairedDataset(self.store, list(condition_stores), split)
-            self.conditions = paired.conditions
+            paired = PairedDataset(self.store, list(condition_stores), split, join=join)
+            self.conditions, self.join = paired.conditions, paired.join
             self.samples = paired.samples  # (target id, subject, [condition ids per store])
             self.condition_shapes = paired.condition_shapes
         else:
@@ -165,6 +172,21 @@ def condition_subjects(stores: Sequence[StoreLike], split: str | None = None) ->
         subjects = set(open_store(s).subjects(split))
         common = subjects if common is None else common & subjects
     return sorted(common or [])
+
+
+def condition_items(stores: Sequence[StoreLike], split: str | None = None, subject: str | None = None) -> list[str]:
+    """Item ids present in every condition store, sorted: of ``split`` (in the first store) and of
+    ``subject`` when given, for sampling a prior joined by item."""
+    opened = [open_store(s) for s in stores]
+    first = opened[0]
+    ids = first.subjects().get(subject, []) if subject is not None else first.ids()
+    if split is not None:
+        in_split = set(first.ids(split))
+        ids = [i for i in ids if i in in_split]
+    for store in opened[1:]:
+        present = set(store.ids())
+        ids = [i for i in ids if i in present]
+    return sorted(ids)
 
 
 # ------------------------------------------------------------------------------ continuous latents

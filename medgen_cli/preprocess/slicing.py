@@ -4,6 +4,10 @@ A slice ``k`` of a volume whose slicing axis is last keeps the volume's affine c
 the origin ``affine @ (0, 0, k, 1)``: its voxel ``(i, j, 0)`` is the volume's ``(i, j, k)``, and
 the third column (normal x slice thickness) says where neighbouring slices lie. A sequence of
 ``T`` slices is a thin volume ``(I, J, T)`` whose origin is its first slice.
+
+A paired copy of a volume (a derived low-dose or downsampled volume with the same slicing axis) is
+cut into the same pieces by passing the indices of the original's pieces: ``which`` (slices) or
+``starts`` (sequences) with ``min_foreground=0``.
 """
 
 from __future__ import annotations
@@ -109,12 +113,13 @@ def extract_sequences(
     stride: int | None = None,
     min_foreground: float = 0.0,
     background: float | None = None,
+    starts: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, ImageMeta]]:
     """Runs of ``length`` consecutive slices along ``axis``, as thin volumes ``(I, J, length)``.
 
-    Windows start at ``0, stride, 2 * stride, ...`` while they fit; a volume shorter than
-    ``length`` gives no sequence. A window is kept when its mean foreground fraction (as in
-    :func:`extract_slices`) is at least ``min_foreground``.
+    Windows start at ``0, stride, 2 * stride, ...`` while they fit (or at ``starts``); a volume
+    shorter than ``length`` gives no sequence. A window is kept when its mean foreground fraction
+    (as in :func:`extract_slices`) is at least ``min_foreground``.
 
     Args:
         arr: 3D array.
@@ -124,6 +129,8 @@ def extract_sequences(
         stride: step between window starts (default: ``length``, no overlap).
         min_foreground: minimum mean foreground fraction in [0, 1].
         background: background value (default: the volume minimum).
+        starts: explicit first slices of the windows (e.g. those of another volume's sequences);
+            each must leave room for ``length`` slices.
 
     Returns:
         ``[(seq, meta), ...]``; ``meta.attrs`` has ``slice_start``, ``length`` and ``slice_axis``.
@@ -137,9 +144,13 @@ def extract_sequences(
     if not 0.0 <= min_foreground <= 1.0:
         raise ValueError(f"min_foreground must be in [0, 1], got {min_foreground!r}")
     vol, m = move_axis_last(arr, meta, axis)
+    ks = range(0, vol.shape[2] - length + 1, stride) if starts is None else [int(k) for k in starts]
+    bad = [k for k in ks if not 0 <= k <= vol.shape[2] - length]
+    if bad:
+        raise ValueError(f"starts must be in [0, {vol.shape[2] - length}] for {length} slices of {vol.shape[2]}, got {bad[0]}")
     frac = _foreground_fraction(vol, background)
     out = []
-    for k in range(0, vol.shape[2] - length + 1, stride):
+    for k in ks:
         if frac[k:k + length].mean() >= min_foreground:
             attrs = {"slice_start": k, "length": length, "slice_axis": axis}
             out.append((np.ascontiguousarray(vol[:, :, k:k + length]), _slab_meta(m, k, attrs)))

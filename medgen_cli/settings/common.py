@@ -63,3 +63,6 @@ class AugmentSettings(Section):
     translate: float = Field(0.0, ge=0, description="Maximum translation as a fraction of the size.")
     intensity_shift: float = Field(0.0, ge=0, description="Maximum additive intensity shift (stored units).")
     intensity_scale: float = Field(0.0, ge=0, description="Maximum multiplicative intensity change (fraction).")
+    gamma: float = Field(
+        0.0, ge=0, description="Maximum |log gamma| of a random gamma curve between background and top (0.3: 0.74..1.35)."
+    )

@@ -4,8 +4,10 @@
 
 * reconstruction: ``ae`` + ``data`` (autoencoder reconstructions of one split);
 * samples: ``samples`` + ``data`` (distribution distances, diversity, memorisation);
-* conditional: ``samples`` + ``target`` (paired metrics against the ground truth by subject id);
-  it can be combined with ``data`` to get both sample evaluations in one run.
+* conditional: ``samples`` + ``target`` (paired metrics against the ground truth: the target item a
+  sample's condition item names, else its subject's one item), optionally beside a baseline store of
+  the target artefact scored the same way (``baseline_store``, e.g. the low-dose input itself); it
+  can be combined with ``data`` to get both sample evaluations in one run.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ class EvaluateSettings(Section):
         None, description="Split of the real items: null = test for reconstruction, train for samples, every split for conditional targets."
     )
     samples: str = Field("", description="Samples artefact (made by medgen sample): samples or conditional mode.")
-    target: str = Field("", description="Preprocessed artefact with the ground truth of conditional samples, joined by subject id.")
+    target: str = Field("", description="Preprocessed artefact with the ground truth of conditional samples: a sample of an\n"
+                        "item-joined prior is paired with the item of its condition item's id, else with its subject's item.")
     target_store: str = Field("main", description="Store of the target artefact.")
+    baseline_store: str = Field(
+        "", description="Conditional mode: a store of the target artefact (e.g. lowdose, the model's input) whose\n"
+        "items are scored against the same targets, as a baseline the samples should beat; empty = none."
+    )
     train_split: str = Field("train", description="Split the memorisation check searches for the nearest training item.")
     axis: int = Field(2, ge=0, le=2, description="Spatial axis of slice-wise SSIM for volumes (2 = axial for RAS).")
     max_items: int | None = Field(None, ge=1, description="Evaluate at most this many items of each set (null = all).")
@@ -52,6 +59,8 @@ class EvaluateSettings(Section):
         """
         if self.ae and not self.samples and not self.data:
             raise ValueError("reconstruction needs the real items: give --data PREP with --ae AE")
+        if self.baseline_store and not self.target:
+            raise ValueError(f"baseline_store = {self.baseline_store!r} is scored against the targets: give --target PREP too")
         if self.target and not self.samples:
             raise ValueError(f"--target {self.target} is the ground truth of conditional samples: give --samples too")
         if self.samples and not (self.data or self.target):

@@ -172,6 +172,11 @@ class PreprocessSettings(Section):
             raise ValueError("store.dtype int16 keeps raw physical values: set intensity.normalize to none")
         if self.intensity.normalize == "window" and not self.intensity.window:
             raise ValueError("intensity.normalize window needs intensity.window (e.g. lung or 40,400)")
-        if self.derive.outputs and self.mode.kind != "volume":
-            raise ValueError("derive outputs need mode.kind volume (they are computed from CT volumes)")
+        if "drr" in self.derive.outputs and self.mode.kind != "volume":
+            raise ValueError("derive output drr projects whole CT volumes: it needs mode.kind volume")
+        for spec in self.derive.outputs:
+            factors = spec.split(":")[1].split(",") if spec.startswith("downsample") else []
+            if self.mode.kind != "volume" and len(factors) == 3 and float(factors[self.mode.axis]) != 1:
+                raise ValueError(f"derive output {spec} in {self.mode.kind} mode must keep the slicing axis "
+                                 f"(mode.axis = {self.mode.axis}) at factor 1, so that item k pairs with item k")
         return self

@@ -2,7 +2,7 @@
 
 ``train-prior`` shares ``data``, ``optim``, ``train`` and ``runtime`` with ``train-ae``; its own
 sections are ``prior`` (the architecture, chosen by ``prior.kind``), ``condition`` (latents
-artefacts joined by subject, class labels) and ``diffusion`` (the UNet, noise schedule, loss,
+artefacts joined by item id or by subject, class labels) and ``diffusion`` (the UNet, noise schedule, loss,
 classifier-free guidance and sampling defaults of ``prior.kind = diffusion``). A new token prior kind
 adds its name to ``PRIOR_KINDS``, its fields to ``PriorModelSettings`` (listed in ``_OWN_FIELDS``),
 a task builder in ``steps/train_prior.py`` and a sampler in ``steps/sample.py``.
@@ -176,10 +176,18 @@ class DiffusionSettings(Section):
 class ConditionSettings(Section):
     paths: list[str] = Field(
         default_factory=list,
-        description="Latents artefacts joined to the training items by subject id; their codes form the prefix\n"
-        "(transformer, maskgit). Several items of one subject (X-ray views) are ordered by view, then id.",
+        description="Latents artefacts joined to the training items (see join); their codes form the prefix\n"
+        "(transformer, maskgit), their latents extra channels (diffusion).",
     )
     store: str = Field("main", description="Store inside each condition artefact (main, or top for vqvae2 latents).")
+    join: Literal["auto", "item", "subject"] = Field(
+        "auto",
+        description="How a training item finds its condition items: item (the item of the same id, e.g. the\n"
+        "lowdose copy of sequence k for sequence k; derived stores of one preprocess artefact share ids),\n"
+        "subject (every item of its subject, ordered by view then id: X-ray views of a CT), or auto\n"
+        "(item when every training item id is in every condition store, else subject). The join used is\n"
+        "recorded in the prior, and medgen sample draws per condition item or per subject accordingly.",
+    )
     label: str | None = Field(
         None, description="Item attribute whose values are class labels (e.g. modality); null = no labels."
     )
@@ -190,7 +198,7 @@ class TrainPriorSettings(Section):
 
     data: DataSettings = Field(default_factory=DataSettings, description="Training data: a latents artefact.")
     prior: PriorModelSettings = Field(default_factory=PriorModelSettings, description="Prior architecture.")
-    condition: ConditionSettings = Field(default_factory=ConditionSettings, description="Conditioning by subject and label.")
+    condition: ConditionSettings = Field(default_factory=ConditionSettings, description="Conditioning on latents (by item or subject) and labels.")
     diffusion: DiffusionSettings = Field(
         default_factory=DiffusionSettings, description="prior.kind diffusion: UNet, noise schedule, loss, guidance, sampling."
     )
@@ -286,9 +294,11 @@ class SampleConditionSettings(Section):
     paths: list[str] = Field(
         default_factory=list, description="Condition latents artefacts (empty = those the prior was trained with)."
     )
-    subject: str | None = Field(None, description="Generate for this subject's condition items.")
-    all_subjects: bool = Field(False, description="Generate for every subject found in all condition artefacts.")
-    split: str | None = Field(None, description="With all_subjects: only subjects of this split (null = every split).")
+    subject: str | None = Field(None, description="Generate for this subject's condition items (item-joined priors:\n"
+                                "num_samples for each of its items).")
+    all_subjects: bool = Field(False, description="Generate for every subject found in all condition artefacts\n"
+                               "(item-joined priors: for every condition item).")
+    split: str | None = Field(None, description="With all_subjects: only subjects (or items) of this split (null = every split).")
     label: str | None = Field(None, description="Class label value for label-conditioned priors (null = cycle through the classes).")
 
     @model_validator(mode="after")
@@ -302,7 +312,7 @@ class SampleSettings(Section):
     """Settings of ``medgen sample``."""
 
     prior: str = Field("", description="The prior artefact (made by medgen train-prior).")
-    num_samples: int = Field(16, ge=1, description="Samples to draw (per subject when conditioned on subjects).")
+    num_samples: int = Field(16, ge=1, description="Samples to draw (per subject, or per condition item, when conditional).")
     batch_size: int = Field(16, ge=1, description="Samples drawn at once.")
     sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="How tokens (or diffusion latents) are drawn.")
     condition: SampleConditionSettings = Field(

@@ -10,14 +10,17 @@ Orchestration only (the computations are in ``evaluate_metrics``, the pictures i
   encoder features of the autoencoder found through the lineage (or ``ae``), the intensity
   distance in physical units, diversity (mean pairwise MS-SSIM) of the samples and of the real
   items, and the memorisation check against every item of ``train_split``;
-* conditional (``samples`` + ``target``): paired metrics of every sample against the target item of
-  its ``condition_subject`` (several samples of one subject are each scored).
+* conditional (``samples`` + ``target``): paired metrics of every sample against its target item:
+  the item of its ``condition_item`` id (priors joined by item), else the one item of its
+  ``condition_subject`` (several samples of one condition are each scored); with ``baseline_store``
+  the items of that store (e.g. the low-dose input) are scored against the same targets, once each.
 
 The ``evaluation`` artefact::
 
     eval/  manifest.json  settings.yaml
            metrics.json       aggregates (mean, std, median, n of every per-item metric) and set metrics
            items.csv          per-item metrics (reconstruction or conditional)
+           baseline.csv       conditional with baseline_store: per target, its baseline item's metrics
            memorisation.csv   per sample: nearest training item, its SSIM, flagged
            plots/             histograms and box plots of per-item metrics, intensity histograms
            pictures/          strips, orthogonal views, MIPs, error maps (see evaluate_pictures)
@@ -330,7 +333,7 @@ def _distribution(settings, ae, s_store, s_ids, partial, device, result, progres
 
 def _conditional(settings, s_store, s_ids, partial, result) -> None:
     t_store = _open_store(settings.target, settings.target_store)
-    pairs = em.pair_by_subject(s_store, s_ids, t_store, settings.split, settings.target)
+    pairs = em.pair_with_targets(s_store, s_ids, t_store, settings.split, settings.target)
     shown = set(ep.pick(s_ids, settings.max_pictures))
     rows, kept = [], []
     for sample_id, subject, target_id in pairs:
@@ -345,8 +348,11 @@ def _conditional(settings, s_store, s_ids, partial, result) -> None:
     write_csv(partial / "items.csv", rows)
     metric_plots(partial / "plots", rows, unit)
     result.metrics["conditional"] = {"pairs": len(rows), "subjects": len({r["subject"] for r in rows}),
-                                     "split": settings.split, "unit": unit, "metrics": agg}
+                                     "targets": len({r["target"] for r in rows}), "split": settings.split,
+                                     "unit": unit, "metrics": agg}
     result.rows += _table("conditional", agg, unit)
+    if settings.baseline_store:
+        _baseline(settings, t_store, [t for _, _, t in pairs], partial, result, unit)
     if kept:
         limits = ep.grey_limits(kept[0][3].intensity, [a for _, r, p, _ in kept for a in (r, p)])
         err = ep.error_limit([(r, p) for _, r, p, _ in kept])
@@ -355,3 +361,24 @@ def _conditional(settings, s_store, s_ids, partial, result) -> None:
                      [m for *_, m in kept], [i for i, *_ in kept], ("target", "sample", "error"), limits, err)
         for sample_id, ref, pred, meta in kept:
             ep.pair_pictures(pictures, sample_id, ref, pred, meta, ("target", "sample"), limits, err)
+
+
+def _baseline(settings, t_store: Store, targets: list[str], partial: Path, result: EvaluateResult, unit: str) -> None:
+    """Score the baseline store's item of each target id (once per target) against the target.
+
+    A model that improves on its input must beat this: e.g. the low-dose copy itself against the
+    full-dose image, next to the model's samples given that low-dose copy.
+    """
+    b_store = _open_store(settings.target, settings.baseline_store)
+    rows = []
+    for target_id in dict.fromkeys(targets):
+        if target_id not in b_store:
+            raise UsageError(f"the baseline store {settings.baseline_store} of {settings.target} has no item {target_id!r}; "
+                             "choose a store derived in the same preprocess run (its items share the ids of main)")
+        ref, meta = t_store.read_item(target_id)
+        rows.append({"item": target_id, "subject": meta.subject, "target": target_id,
+                     **em.item_metrics(b_store.read(target_id), ref, meta, settings.axis, target_id)})
+    agg = aggregate(rows)
+    write_csv(partial / "baseline.csv", rows)
+    result.metrics["baseline"] = {"store": settings.baseline_store, "targets": len(rows), "unit": unit, "metrics": agg}
+    result.rows += _table(f"baseline ({settings.baseline_store})", agg, unit)

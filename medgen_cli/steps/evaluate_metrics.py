@@ -1,5 +1,5 @@
 """The computations of ``medgen evaluate``: per-item paired metrics, reconstructions, encoder
-features, nearest training items and subject pairing. The step (``steps.evaluate``) reads the
+features, nearest training items and the pairing of conditional samples with their targets. The step (``steps.evaluate``) reads the
 artefacts, calls these and writes the files.
 
 Paired metrics of one item (``item_metrics``), all in float64 on the CPU:
@@ -227,12 +227,17 @@ def nearest_training(samples: torch.Tensor, store: Store, train_ids: Sequence[st
     return nearest, best, best > threshold
 
 
-def pair_by_subject(samples: Store, sample_ids: Sequence[str], target: Store, split: str | None,
-                    where: str) -> list[tuple[str, str, str]]:
+def pair_with_targets(samples: Store, sample_ids: Sequence[str], target: Store, split: str | None,
+                      where: str) -> list[tuple[str, str, str]]:
     """(sample id, subject, target item id) for every conditional sample.
 
+    A sample of a prior joined by item names its ``condition_item``: its target is the item of that
+    id (derived stores share the ids of ``main``). Otherwise its target is the one item of its
+    ``condition_subject``.
+
     Args:
-        samples: the samples store; each item has a ``condition_subject`` attribute.
+        samples: the samples store; each item has a ``condition_subject`` attribute (and
+            ``condition_item`` when drawn from a prior joined by item).
         sample_ids: the samples to pair.
         target: the ground-truth store.
         split: only target items of this split (None: every split).
@@ -240,12 +245,20 @@ def pair_by_subject(samples: Store, sample_ids: Sequence[str], target: Store, sp
     """
     by_subject = target.subjects(split)
     in_split = f" (split {split})" if split else ""
+    items = {i for ids in by_subject.values() for i in ids}
     pairs = []
     for sample_id in sample_ids:
-        subject = samples.item_attrs(sample_id).get("condition_subject")
-        if not subject:
+        attrs = samples.item_attrs(sample_id)
+        subject, item = attrs.get("condition_subject"), attrs.get("condition_item")
+        if not subject and not item:
             raise UsageError(f"sample {sample_id} has no condition_subject attribute: the samples are unconditional; "
                              "evaluate them with --data instead of --target")
+        if item:
+            if item not in items:
+                raise UsageError(f"condition item {item} of sample {sample_id} has no item of the same id in {where}{in_split}; "
+                                 "give the preprocessed artefact whose store was encoded as the prior's condition")
+            pairs.append((sample_id, str(subject or ""), item))
+            continue
         found = by_subject.get(subject, [])
         if not found:
             raise UsageError(f"subject {subject} of sample {sample_id} has no item in {where}{in_split}")

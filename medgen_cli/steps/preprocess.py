@@ -5,6 +5,11 @@ Per input (in a worker process when ``runtime.workers > 1``)::
     read (physical units) -> reorient -> resample | fit -> crop/pad -> [derive paired images]
       -> intensity mapping -> volume | slices | sequences -> write items (complete flag last)
 
+Derived stores hold the same item ids as ``main``: in volume mode the derived volume (DRRs: one item
+per view, ``<id>_ap``, ``<id>_lateral``); in slices and sequence modes the derived volume (lowdose,
+downsample in-plane) cut at the same slice indices as the main items, so item k of ``lowdose``
+pairs with item k of ``main``.
+
 Resuming: every finished input leaves a small marker in ``OUT.partial/progress/``; a re-run with
 the same settings skips those inputs and rewrites any item an interrupted run left unfinished.
 Sharding (``shard=(I, N)``) processes the inputs whose index is I modulo N; every shard writes
@@ -135,6 +140,17 @@ def _full_size(size: tuple[int, ...], arr: np.ndarray, axis: int, inplane: bool)
     return size
 
 
+def _downsample_factor(spec: str, arr: np.ndarray, s: PreprocessSettings) -> float | tuple[float, ...]:
+    """The factor of ``downsample:F``: every axis of a volume item; in slices and sequence modes the
+    in-plane axes only (the slicing axis keeps its slices, so the pieces pair one to one)."""
+    factor = tuple(int(f) for f in spec.split(":")[1].split(","))
+    if len(factor) > 1:
+        return factor
+    if s.mode.kind == "volume" or arr.ndim != 3:
+        return factor[0]
+    return tuple(1 if a == s.mode.axis else factor[0] for a in range(3))
+
+
 def _derived(arr_phys: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_id: str):
     """Paired images computed from the physical volume: {store: [(id, array, meta)]}."""
     out: dict[str, list[tuple[str, np.ndarray, ImageMeta]]] = {}
@@ -155,10 +171,34 @@ def _derived(arr_phys: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_
                                   sigma_full=s.derive.lowdose_sigma, seed=_item_seed(s.runtime.seed, item_id))
             out[name] = [(item_id, a, m)]
         else:
-            factor = tuple(int(f) for f in spec.split(":")[1].split(","))
-            a, m = derive.downsample(arr_phys, meta, factor if len(factor) > 1 else factor[0])
+            a, m = derive.downsample(arr_phys, meta, _downsample_factor(spec, arr_phys, s))
             out[name] = [(item_id, a, m)]
     return out
+
+
+def _pieces(arr: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_base: str):
+    """The main items of one (normalised) image: the volume, its slices or its sequences."""
+    if s.mode.kind == "volume" or arr.ndim == 2:
+        return [(item_base, arr, meta)]
+    if s.mode.kind == "slices":
+        pieces = slicing.extract_slices(arr, meta, axis=s.mode.axis, which=s.mode.slices,
+                                        min_foreground=s.mode.min_foreground, background=float(s.intensity.output_range[0]))
+        return [(f"{item_base}_s{m.attrs['slice_index']:04d}", a, m) for a, m in pieces]
+    pieces = slicing.extract_sequences(arr, meta, axis=s.mode.axis, length=s.mode.length, stride=s.mode.stride)
+    return [(f"{item_base}_t{m.attrs['slice_start']:04d}", a, m) for a, m in pieces]
+
+
+def _pieces_like(arr: np.ndarray, meta: ImageMeta, s: PreprocessSettings, items: list) -> list:
+    """A derived volume cut at the slice indices of the main ``items``, under the same ids."""
+    if s.mode.kind == "volume" or arr.ndim == 2:
+        return [(items[0][0], arr, meta)]
+    if s.mode.kind == "slices":
+        pieces = slicing.extract_slices(arr, meta, axis=s.mode.axis, min_foreground=0.0,
+                                        which=[m.attrs["slice_index"] for _, _, m in items])
+    else:
+        pieces = slicing.extract_sequences(arr, meta, axis=s.mode.axis, length=s.mode.length, min_foreground=0.0,
+                                           starts=[m.attrs["slice_start"] for _, _, m in items])
+    return [(item_id, a, m) for (item_id, _, _), (a, m) in zip(items, pieces)]
 
 
 def process_source(source: Source, item_base: str, subject: str, split: str, s: PreprocessSettings,
@@ -182,20 +222,11 @@ def process_source(source: Source, item_base: str, subject: str, split: str, s: 
         if name != "drr":
             derived[name] = [(i, meta.intensity.to_stored(a), m.replace(intensity=meta.intensity)) for i, a, m in items]
 
-    if s.mode.kind == "volume":
-        items = [(item_base, arr, meta)]
-    elif s.mode.kind == "slices":
-        if arr.ndim == 2:
-            items = [(item_base, arr, meta)]
-        else:
-            pieces = slicing.extract_slices(arr, meta, axis=s.mode.axis, which=s.mode.slices,
-                                            min_foreground=s.mode.min_foreground, background=float(s.intensity.output_range[0]))
-            items = [(f"{item_base}_s{m.attrs['slice_index']:04d}", a, m) for a, m in pieces]
-    else:
-        pieces = slicing.extract_sequences(arr, meta, axis=s.mode.axis, length=s.mode.length, stride=s.mode.stride)
-        items = [(f"{item_base}_t{m.attrs['slice_start']:04d}", a, m) for a, m in pieces]
+    items = _pieces(arr, meta, s, item_base)
     if not items:
         raise ReadError(f"{source.path}: no item left (every slice was below mode.min_foreground, or the volume is shorter than mode.length)")
+    if s.mode.kind != "volume":  # one derived volume (lowdose, downsample) -> the main items' pieces
+        derived = {name: _pieces_like(d[0][1], d[0][2], s, items) for name, d in derived.items()}
 
     written: dict[str, list[str]] = {}
     kw = dict(dtype=s.store.dtype, chunks=s.store.chunks, codec=s.store.compressor, level=s.store.level)

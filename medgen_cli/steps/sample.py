@@ -5,9 +5,11 @@ and the training data through the latents' ``data`` input. Writes::
 
     samples/  manifest.json  settings.yaml
               samples.zarr     decoded images in the training data's stored value range; items
-                               sample_0000... (conditional: <subject>_s00...), with the geometry and
-                               intensity mapping of a training item, attrs synthetic, seed, strategy,
-                               condition_subject
+                               sample_0000... (conditional: <subject>_s00... for a prior joined by
+                               subject, <condition item>_s00... for one joined by item), with the
+                               geometry and intensity mapping of a training item (the condition item's
+                               own when joined by item), attrs synthetic, seed, strategy,
+                               condition_subject (and condition_item when joined by item)
               codes.zarr       the sampled code grids (int16; codes_top.zarr: vqvae2 top grids); diffusion
                                priors: float32 latents (KL: times latent_scale, as encode-latents stores
                                them; VQ: the continuous latents before they are snapped to the codebook)
@@ -17,7 +19,7 @@ and the training data through the latents' ``data`` input. Writes::
 `SAMPLERS` maps a prior kind to a function drawing a batch of codes (a new kind adds one entry).
 Diffusion priors run DDIM or DDPM with classifier-free guidance (``sampler.scheduler``, ``steps``,
 ``eta``, ``guidance_scale``; unset ones take the prior's defaults, see ``steps/_diffusion.py``).
-Each batch has its own generator seeded from (seed, subject, batch), so the same seed gives the
+Each batch has its own generator seeded from (seed, condition, batch), so the same seed gives the
 same samples, and re-running an interrupted command resumes it with the same result.
 """
 
@@ -35,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..artefacts import ArtefactWriter, input_ref
-from ..data.latents import condition_subjects, latent_meta, read_latent, subject_conditions
+from ..data.latents import condition_items, condition_subjects, latent_meta, read_latent, subject_conditions
 from ..errors import UsageError
 from ..io.meta import ImageMeta
 from ..io.store import Store, store_path
@@ -137,11 +139,13 @@ def _decode(ae: nn.Module, latents: dict[str, Any], draws: dict[str, Tensor]) ->
 # ------------------------------------------------------------------------------------ conditions
 @dataclass
 class _Job:
-    """Samples drawn under one condition: ids, prefix grids (1, *grid) each, and the subject."""
+    """Samples drawn under one condition: ids, prefix grids (1, *grid) each, the subject and, for a
+    prior joined by item, the condition item (the data item whose geometry the samples take)."""
 
     ids: list[str]
     cond: list[Tensor] | None = None
     subject: str | None = None
+    item: str | None = None
 
 
 def _safe(text: str) -> str:
@@ -170,10 +174,36 @@ def _jobs(settings: SampleSettings, info: dict[str, Any], device: torch.device) 
             raise UsageError(f"{path} holds {lat.grid_shape} grids of {lat.num_embeddings} codes, but the prior was "
                              f"conditioned on {t['grid_shape']} grids of {t['num_embeddings']} codes.")
         conds.append(lat)
+    if info.get("join") == "item":
+        return _item_jobs(settings, conds, device), conds
+    return _subject_jobs(settings, info, conds, device), conds
+
+
+def _item_jobs(settings: SampleSettings, conds: list[Latents], device: torch.device) -> list[_Job]:
+    """One job per condition item (of ``condition.split``, or of ``condition.subject``), for priors joined by item."""
+    c, n = settings.condition, settings.num_samples
+    stores = [lat.store for lat in conds]
+    items = condition_items(stores, None if c.subject is not None else c.split, c.subject)
+    if not items:
+        where = f"of subject {c.subject!r}" if c.subject is not None else (f"of split {c.split!r}" if c.split else "")
+        raise UsageError(f"no condition item {where} is in every condition artefact "
+                         f"({', '.join(str(lat.path) for lat in conds)}); check --subject, condition.split and --condition.")
+    jobs = []
+    for item in items:
+        grids = [read_latent(store, item)[None].to(device) for store in stores]
+        attrs = stores[0].item_attrs(item)  # latents keep the data item's id and subject
+        jobs.append(_Job([f"{_safe(item)}_s{k:02d}" for k in range(n)], grids, str(attrs.get("subject", "")), item))
+    return jobs
+
+
+def _subject_jobs(settings: SampleSettings, info: dict[str, Any], conds: list[Latents], device: torch.device) -> list[_Job]:
+    """One job per subject with every condition item of that subject, for priors joined by subject."""
+    c, n = settings.condition, settings.num_samples
+    trained = info["conditions"]
     stores = [lat.store for lat in conds]
     subjects = [c.subject] if c.subject is not None else condition_subjects(stores, c.split)
     if not subjects:
-        raise UsageError(f"no subject has items in every condition artefact ({', '.join(map(str, paths))})"
+        raise UsageError(f"no subject has items in every condition artefact ({', '.join(str(lat.path) for lat in conds)})"
                          + (f" in split {c.split!r}." if c.split else "."))
     jobs = []
     for subject in subjects:
@@ -191,7 +221,7 @@ def _jobs(settings: SampleSettings, info: dict[str, Any], device: torch.device) 
         jobs.append(_Job([f"{_safe(subject)}_s{k:02d}" for k in range(n)], grids, subject))
     if not jobs:
         raise UsageError("no subject has the number of condition items per subject the prior was trained with.")
-    return jobs, conds
+    return jobs
 
 
 def _labels(settings: SampleSettings, info: dict[str, Any], count: int, offset: int,
@@ -210,9 +240,11 @@ def _labels(settings: SampleSettings, info: dict[str, Any], count: int, offset: 
 
 
 # ------------------------------------------------------------------------------------------ output
-def _reference(data: Store, shape: tuple[int, ...], subject: str | None) -> tuple[str, ImageMeta]:
-    """A training item whose geometry the samples take: the subject's own, else the first of the train split."""
-    candidates = (data.subjects().get(subject, []) if subject is not None else []) + (data.ids("train") or data.ids())
+def _reference(data: Store, shape: tuple[int, ...], subject: str | None, item: str | None = None) -> tuple[str, ImageMeta]:
+    """A data item whose geometry the samples take: the condition item's own (joined by item), else the
+    subject's, else the first of the train split."""
+    own = [item] if item is not None and item in data else []
+    candidates = own + (data.subjects().get(subject, []) if subject is not None else []) + (data.ids("train") or data.ids())
     fitting = [i for i in candidates if tuple(data.array(i).shape) == shape]
     if not fitting:
         log.warning("no item of %s has the sampled shape %s; the samples take the geometry of %s",
@@ -222,10 +254,13 @@ def _reference(data: Store, shape: tuple[int, ...], subject: str | None) -> tupl
 
 
 def _sample_meta(ref_id: str, ref: ImageMeta, settings: SampleSettings, strategy: str,
-                 subject: str | None, sample_id: str) -> ImageMeta:
+                 job: _Job, sample_id: str) -> ImageMeta:
     attrs = {"synthetic": True, "seed": settings.runtime.seed, "strategy": strategy, "reference_id": ref_id}
+    subject = job.subject
     if subject is not None:
         attrs["condition_subject"] = subject
+    if job.item is not None:
+        attrs["condition_item"] = job.item
     return ImageMeta(affine=ref.affine, modality=ref.modality, subject=subject if subject is not None else sample_id,
                      source=f"medgen sample {settings.prior}", intensity=ref.intensity, attrs=attrs)
 
@@ -236,7 +271,7 @@ def _seed(seed: int, job: int, batch: int) -> int:
 
 def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         progress: Callable[[int, int, str], None] | None = None) -> SampleResult:
-    """Draw ``settings.num_samples`` samples (per subject) from ``settings.prior`` into ``out``.
+    """Draw ``settings.num_samples`` samples (per subject, or per condition item) from ``settings.prior`` into ``out``.
 
     Args:
         settings: resolved settings.
@@ -287,7 +322,7 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     total = sum(len(j.ids) for j in jobs)
     done, written, offset = 0, [], 0
     for j, job in enumerate(jobs):
-        ref_id, ref = _reference(data, shape, job.subject)
+        ref_id, ref = _reference(data, shape, job.subject, job.item)
         lo, hi = sorted((ref.intensity.out_low, ref.intensity.out_high))
         for b, start in enumerate(range(0, len(job.ids), settings.batch_size)):
             ids = job.ids[start:start + settings.batch_size]
@@ -299,7 +334,7 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
                     draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)
                 images = _decode(ae, info["latents"], draws)
                 for k, item_id in enumerate(ids):
-                    meta = _sample_meta(ref_id, ref, settings, strategy, job.subject, item_id)
+                    meta = _sample_meta(ref_id, ref, settings, strategy, job, item_id)
                     image = np.clip(images[k], lo, hi) if ref.intensity.clip else images[k]
                     # the NIfTI and the codes first: a sample marked complete has all its files
                     if settings.nifti:
@@ -320,7 +355,9 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     summary = {
         "prior_kind": kind, "strategy": strategy, "seed": settings.runtime.seed, "samples": len(written),
         "shape": list(samples.array(written[0]).shape), "conditional": bool(info.get("conditions")),
-        "subjects": [j.subject for j in jobs if j.subject is not None], "autoencoder": str(lineage.autoencoder),
+        "subjects": list(dict.fromkeys(j.subject for j in jobs if j.subject is not None)),
+        "join": info.get("join") or ("subject" if info.get("conditions") else None),
+        "condition_items": [j.item for j in jobs if j.item is not None], "autoencoder": str(lineage.autoencoder),
         "data": str(lineage.data), "data_store": lineage.data_store,
         "sampler": (_diffusion.sampling_options(info, settings.sampler, settings.prior) if kind == "diffusion"
                     else settings.sampler.model_dump(mode="json")),

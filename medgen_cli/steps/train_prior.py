@@ -1,13 +1,14 @@
 """``medgen train-prior``: train a prior over the latents of an ``encode-latents`` artefact.
 
-Orchestration only: read the latents (and condition latents joined by subject), build the prior of
+Orchestration only: read the latents (and condition latents joined by item id or by subject,
+``condition.join``), build the prior of
 ``prior.kind`` (`BUILDERS`: kind -> model and loss), run the generic `Trainer` with the `PriorTask`
 (a `DiffusionTask` for diffusion priors, see ``steps/_diffusion.py``), and write the artefact::
 
     prior/  manifest.json  settings.yaml
             model.safetensors  final weights (best validation loss or last; EMA weights if enabled)
             model.json         kind, config (rebuilds the prior alone), latents (their summary),
-                               conditions, classes, grid_shape, num_embeddings, spatial_dims
+                               conditions, join, classes, grid_shape, num_embeddings, spatial_dims
                                (diffusion: also latent, diffusion, sampling, condition_latents)
             checkpoints/  metrics.jsonl  plots/losses.png
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..artefacts import ArtefactWriter
 from ..data import make_loader, set_epoch
-from ..data.latents import LatentsDataset
+from ..data.latents import LatentsDataset, resolve_join
 from ..errors import UsageError
 from ..io.store import store_path
 from ..settings.prior import TrainPriorSettings
@@ -44,6 +45,8 @@ from ._priors import Latents, build_prior, open_latents, prior_config
 from ._training import finish_metrics, open_on_main, seed_everything, training_runtime, write_model
 
 log = logging.getLogger(__name__)
+
+SSIM_WINDOW = 11  # the window of the second validation tier's SSIM (metrics.ssim's default)
 
 
 @dataclass
@@ -130,7 +133,7 @@ def _datasets(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], 
     """Training and validation datasets (``wrap`` turns a `LatentsDataset` into what the prior trains on)."""
     d = settings.data
     levels = {"top": store_path(lat.path, "top")} if lat.is_vqvae2 else {}
-    common = dict(levels=levels, condition_stores=[c.store for c in conds],
+    common = dict(levels=levels, condition_stores=[c.store for c in conds], join=_join(settings, lat, conds),
                   label_attr=settings.condition.label, classes=classes)
     try:
         train = LatentsDataset(lat.store, d.train_split, **common)
@@ -155,6 +158,34 @@ def _datasets(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], 
     if wrap is not None:
         train, val = wrap(train), wrap(val)
     return train, Subset(val, range(min(settings.train.val_items, len(val))))
+
+
+def _join(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) -> str:
+    """The join of training items to condition items, resolved once (auto -> item or subject) and logged."""
+    if not conds:
+        return "subject"
+    try:
+        join = resolve_join(lat.store, [c.store for c in conds], settings.condition.join)
+    except ValueError as err:
+        raise UsageError(f"{err}.") from None
+    why = {"item": "each item with the condition item of the same id",
+           "subject": "each item with every condition item of its subject"}[join]
+    log.info("condition.join = %s -> %s: %s", settings.condition.join, join, why)
+    return join
+
+
+def _sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], diffusion, val, device):
+    """The second validation tier (None when off); refused up front for items it cannot score.
+
+    It scores samples by SSIM over whole items with an 11-voxel window, so thin items (a 2D+T
+    sequence of 8 slices) would fail at the first validation, after training time was spent.
+    """
+    check = _diffusion.sample_check(settings, lat, conds, diffusion, val, device)
+    if check is not None and min(check.targets.shape[2:]) < SSIM_WINDOW:
+        raise UsageError(f"diffusion.sample_every = {settings.diffusion.sample_every} scores samples by SSIM with an "
+                         f"{SSIM_WINDOW}-voxel window, but the items are {list(check.targets.shape[2:])}; set "
+                         "diffusion.sample_every to 0 and evaluate the samples with medgen evaluate --target.")
+    return check
 
 
 def _cond_sources(conds: list[Latents]) -> list[dict[str, Any]]:
@@ -194,6 +225,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         raise UsageError(f"data.store = {d.store!r}: for vqvae2 latents train on main (the top store is read with it).")
     classes = _classes(settings, lat)
     train, val = _datasets(settings, lat, conds, classes, wrap=diffusion.wrap if diffusion else None)
+    join = _base(train).join
 
     seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     try:
@@ -203,6 +235,9 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     except ValueError as err:  # a model constructor refused its arguments
         raise UsageError(f"invalid prior settings: {err}") from None
     objective = PriorObjective(prior, loss_fn).to(device)
+
+    # the sampling tier of diffusion validation runs on the main rank only; built before any output is written
+    check = _sample_check(settings, lat, conds, diffusion, val, device) if diffusion is not None and ctx.is_main else None
 
     refs = [lat.ref, *[c.ref for c in conds]]
     writer = ArtefactWriter(out, "prior", settings.model_dump(mode="json"), refs, overwrite=overwrite,
@@ -226,8 +261,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     common = dict(val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
     if diffusion is None:
         task = PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, **common)
-    else:  # the sampling tier of validation runs on the main rank only
-        check = _diffusion.sample_check(settings, lat, conds, diffusion, val, device) if ctx.is_main else None
+    else:
         task = DiffusionTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, sample_check=check,
                              val_every=settings.train.val_every, total_steps=settings.train.steps, **common)
     seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
@@ -244,14 +278,14 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     final = final.prior.eval()
     result = TrainPriorResult(out=out, model=final, rank=ctx.rank)
     if ctx.is_main:
-        result.info = _model_info(settings, lat, conds, classes, final, chosen_step)
+        result.info = _model_info(settings, lat, conds, classes, final, chosen_step, join)
         if diffusion is not None:
             result.info.update(_diffusion.model_info(settings, diffusion, lat, conds))
         write_model(partial, final.state_dict(), result.info)
         last_val = finish_metrics(partial)
         result.summary = {
             "kind": settings.prior.kind, "grid_shape": lat.grid_shape, "num_embeddings": lat.num_embeddings,
-            "conditional": bool(conds), "num_classes": len(classes) or None, "steps": state.step,
+            "conditional": bool(conds), "join": join, "num_classes": len(classes) or None, "steps": state.step,
             "stopped_early": state.stopped_early, "selected_step": chosen_step, "best_step": state.best_step,
             "best_loss": state.best_value, "val": last_val, "minutes": round(state.elapsed / 60.0, 3),
             "device": str(device), "precision": precision.name, "world_size": ctx.world_size,
@@ -263,8 +297,13 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     return result
 
 
+def _base(dataset) -> LatentsDataset:
+    """The `LatentsDataset` under a wrapped training dataset (diffusion wraps it)."""
+    return getattr(dataset, "base", dataset)
+
+
 def _model_info(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], classes: list[str],
-                final: nn.Module, step: int) -> dict[str, Any]:
+                final: nn.Module, step: int, join: str | None) -> dict[str, Any]:
     return {
         "kind": settings.prior.kind,
         "config": prior_config(final),
@@ -279,6 +318,7 @@ def _model_info(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]
         "conditions": [{"path": str(c.path.resolve()), "store": c.store_name, "role": "condition",
                         "num_embeddings": c.num_embeddings, "grid_shape": c.grid_shape,
                         "items_per_subject": c.items_per_subject} for c in conds],
+        "join": join,  # item: condition item of the same id; subject: the subject's items (absent in old priors)
         "num_classes": len(classes) or None,
         "classes": classes,
         "label_attr": settings.condition.label,

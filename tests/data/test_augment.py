@@ -56,6 +56,27 @@ def test_intensity_pivots_on_fill():
     assert not torch.equal(out, x)
 
 
+def test_gamma_matches_its_definition():
+    """t -> t ** g on the [-1, 1] interval with log g ~ U(-gamma, gamma), one g per sample."""
+    from medgen_cli.data.augment import GammaJitter
+
+    x = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    torch.manual_seed(3)
+    g = torch.exp((torch.rand(64, 1, 1, 1) * 2 - 1) * 0.4)
+    expected = 2 * ((x + 1) / 2) ** g - 1
+    torch.manual_seed(3)
+    out = GammaJitter(0.4)(x)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(out[..., 0, 0], x[..., 0, 0]) and torch.allclose(out[..., -1, -1], x[..., -1, -1])  # ends fixed
+    mid = out[:, 0, 1, 3]  # x = -1/15 (just below the middle)
+    assert (mid > x[0, 0, 1, 3]).any() and (mid < x[0, 0, 1, 3]).any()  # both directions occur
+    assert (out.flatten(1).diff(dim=1) >= 0).all()  # a monotone curve keeps the order of intensities
+    beyond = GammaJitter(0.4)(torch.tensor([1.2, -1.1]).reshape(2, 1, 1, 1))
+    torch.testing.assert_close(beyond.flatten(), torch.tensor([1.2, -1.1]))  # outside [fill, top]: unchanged
+    aug = build_augmentation(2, enabled=True, gamma=0.3, intensity_scale=0.1)
+    assert [type(t).__name__ for t in aug.transforms] == ["GammaJitter", "IntensityJitter"]
+
+
 def test_errors():
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3, got 4"):
         build_augmentation(4, enabled=True)

@@ -145,6 +145,40 @@ def test_paired_errors(make_store, ramp):
         PairedDataset(target, [], "train")
 
 
+def _sequences(make_store, name, offset, subjects=2, per_subject=3, split=lambda s: "train"):
+    """Several items per subject (``s<k>_t<j>``), each marked by its index in the store's values."""
+    items = {f"s{k}_t{j}": (np.full((4, 4, 2), offset + 10 * k + j, np.float32), f"s{k}", split(k))
+             for k in range(subjects) for j in range(per_subject)}
+    return make_store(name, items)
+
+
+def test_auto_join_is_item_when_ids_match_else_subject(make_store):
+    from medgen_cli.data.datasets import resolve_join
+
+    main = _sequences(make_store, "main", 0)
+    low = _sequences(make_store, "lowdose", 100)
+    ref = make_store("ref", {f"r{k}": (np.zeros((4, 4, 2), np.float32), f"s{k}", "train") for k in range(2)})
+    assert resolve_join(main, [low]) == "item" and resolve_join(main, [low], "subject") == "subject"
+    assert resolve_join(main, [ref]) == "subject" and resolve_join(main, [low, ref]) == "subject"
+    with pytest.raises(ValueError, match=r"condition.join = 'item' needs every item .* but 's0_t0' \(and 5 more\) is missing"):
+        resolve_join(main, [ref], "item")
+    with pytest.raises(ValueError, match="must be one of auto, item, subject"):
+        resolve_join(main, [low], "view")
+
+
+def test_paired_by_item_takes_the_item_of_the_same_id(make_store):
+    main = _sequences(make_store, "main", 0, subjects=3, split=lambda k: "val" if k == 2 else "train")
+    low = _sequences(make_store, "lowdose", 100, subjects=3, split=lambda k: "test")  # the split does not matter
+    ds = PairedDataset(main, [low], "train", join="auto")
+    assert ds.join == "item" and len(ds) == 6 and ds.condition_shapes == [(4, 4, 2)]
+    for k in range(len(ds)):
+        sample = ds[k]
+        assert sample["condition_ids"] == [sample["id"]]
+        assert float(sample["condition"][0].mean()) == float(sample["image"].mean()) + 100
+    by_subject = PairedDataset(main, [_sequences(make_store, "low_train", 100, subjects=3)], "train", join="subject")
+    assert by_subject.join == "subject" and len(by_subject[0]["condition_ids"]) == 3  # every item of the subject
+
+
 def test_data_range(make_store, ramp):
     store = make_store("main", {"a": (ramp((4, 4)), "s1", "train"), "b": (ramp((4, 4)), "s2", "train")})
     assert data_range(store, "train") == 2.0  # window -> [-1, 1]

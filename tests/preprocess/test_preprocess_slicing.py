@@ -71,3 +71,15 @@ def test_sequences(volume, to_world):
     assert L.extract_sequences(arr, meta, length=9) == []
     with pytest.raises(ValueError, match="stride"):
         L.extract_sequences(arr, meta, length=2, stride=0)
+
+
+def test_sequences_at_given_starts_match_the_windows(volume):
+    arr, meta = volume
+    windows = L.extract_sequences(arr, meta, axis=1, length=3, stride=2)
+    again = L.extract_sequences(arr * 2, meta, axis=1, length=3, starts=[m.attrs["slice_start"] for _, m in windows][::-1])
+    for (a, m), (b, n) in zip(windows[::-1], again):
+        np.testing.assert_array_equal(b, 2 * a)
+        np.testing.assert_allclose(n.affine, m.affine)
+        assert n.attrs == m.attrs
+    with pytest.raises(ValueError, match="starts must be in"):
+        L.extract_sequences(arr, meta, axis=1, length=3, starts=[5])

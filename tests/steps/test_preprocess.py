@@ -275,6 +275,46 @@ def test_sequence_mode_and_in_plane_fit(tmp_path):
     assert meta.spacing[0] == pytest.approx(meta.spacing[1]) and meta.spacing[2] == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("mode, extra", [("sequence", ["--set", "mode.length=4", "--set", "mode.stride=2"]),
+                                         ("slices", ["--set", "mode.min_foreground=0.2"])])
+def test_derived_stores_per_item_in_sequence_and_slices_modes(tmp_path, mode, extra):
+    """lowdose and downsample:2 are cut like main: same ids, splits, subjects; geometry of the pieces."""
+    make_cts(tmp_path / "raw", 2, shape=(20, 20, 12))
+    res = cli("preprocess", tmp_path / "raw", "--out", tmp_path / "prep", "--window", "0,2000", "--modality", "CT",
+              "--mode", mode, *extra, "--derive", "lowdose", "--derive", "downsample:2")
+    assert res.exit_code == 0, res.output
+    main = Store.open(store_path(tmp_path / "prep"))
+    low = Store.open(store_path(tmp_path / "prep", "lowdose"))
+    down = Store.open(store_path(tmp_path / "prep", "downsample2"))
+    assert len(main.ids()) > 2 and low.ids() == main.ids() == down.ids()
+    key = "slice_start" if mode == "sequence" else "slice_index"
+    for item_id in main.ids():
+        (a, m), (la, lm), (da, dm) = main.read_item(item_id), low.read_item(item_id), down.read_item(item_id)
+        for attr in ("subject", "split", key):
+            assert low.item_attrs(item_id)[attr] == main.item_attrs(item_id)[attr] == down.item_attrs(item_id)[attr]
+        assert la.shape == a.shape and lm.intensity == m.intensity and "low dose" in lm.attrs["derived_from"]
+        np.testing.assert_allclose(lm.affine, m.affine)  # the same voxels, noisier
+        assert 0 < np.abs(la - a).mean() < 0.2
+        # in-plane halved, the slicing axis kept: item k of downsample2 covers item k of main
+        assert da.shape[:2] == (a.shape[0] // 2, a.shape[1] // 2) and da.shape[2:] == a.shape[2:]
+        np.testing.assert_allclose(dm.spacing[:2], np.array(m.spacing[:2]) * 2, rtol=1e-6)
+        assert dm.spacing[2] == pytest.approx(m.spacing[2])
+        centre = lambda meta, shape: meta.affine @ np.r_[(np.array([*shape, 1][:3]) - 1) / 2, 1.0]  # noqa: E731
+        np.testing.assert_allclose(centre(dm, da.shape), centre(m, a.shape), atol=1e-6)  # same field of view
+        assert dm.intensity == m.intensity
+    # the noise of a slice is the same in every overlapping sequence (one low-dose scan, cut like main)
+    if mode == "sequence":
+        first, second = main.ids()[:2]
+        np.testing.assert_array_equal(low.read(first)[..., 2:], low.read(second)[..., :2])
+
+
+def test_drr_and_slicing_axis_downsampling_are_refused_outside_volume_mode(tmp_path):
+    make_cts(tmp_path / "raw", 1, shape=(20, 20, 12))
+    for derive, words in (("drr", "needs mode.kind volume"), ("downsample:2,2,2", "slicing axis")):
+        res = cli("preprocess", tmp_path / "raw", "--out", tmp_path / "prep", "--mode", "sequence", "--derive", derive)
+        assert res.exit_code == 2 and words in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
 # ------------------------------------------------------------------------------- real images
 @pytest.mark.realdata
 def test_real_lung_ct_volumes(tmp_path, real_data):
