@@ -10,8 +10,9 @@ are timed in turn (A B C A B C ...) so that a passing load on the shared machine
 - ``klvae_2d``: KL autoencoder, channels (64, 128, 128), 4 latent channels, 2 residual blocks per
   level, self-attention in the middle blocks, 1 x 128^2, batch 8 (MONAI 6.99 s / step).
 
-medgen runs twice for the VQ-VAE: with its shipped defaults (group norm, nearest-neighbour
-upsampling) and "matched" to MONAI as far as the API allows (no norm, transposed-conv upsampling).
+medgen runs three times for the VQ-VAE: with its shipped defaults (group norm, nearest-neighbour
+upsampling), "matched" to MONAI as far as the API allows (no norm, transposed-conv upsampling), and
+"strided": MONAI's layout expressed with per-level ``num_res_blocks`` (no blocks at full resolution).
 The two VQ-VAEs still differ in layout (see ``ARCHITECTURE_NOTES``): MONAI downsamples *before* the
 residual layers of a level, medgen after them, so medgen's first level runs at full resolution and
 costs several times the arithmetic. The floating-point operations of one step are counted (torch's
@@ -60,6 +61,9 @@ ARCHITECTURE_NOTES = {
         "Upsampling: MONAI transposed conv (kernel 4, stride 2); medgen default nearest + 3x3 conv, "
         "'matched' transposed conv (kernel 2, stride 2).",
         "Residual channels: MONAI num_res_channels set equal to channels (its default would be wider).",
+        "'medgen_strided' is MONAI's layout written in medgen's settings: channels (64, 64, 128), "
+        "num_res_blocks (0, 2, 2), downsample (2, 2, 1): a full-resolution stem conv only, then 2 blocks at "
+        "1/2 (64 ch) and at 1/4 (128 ch) plus medgen's middle block; group norm, nearest upsampling.",
     ],
     "klvae": [
         "Both: channels (64, 128, 128), 2 residual blocks per level, downsampling after levels 0 and 1 "
@@ -80,6 +84,16 @@ def medgen_vqvae(spatial_dims: int, matched: bool):
     return build_autoencoder(
         "vqvae", spatial_dims, in_channels=1, channels=(64, 128), num_res_blocks=2,
         embedding_dim=64, num_embeddings=256, **extra,
+    )
+
+
+def medgen_vqvae_strided(spatial_dims: int):
+    """MONAI's layout in medgen's settings: no blocks at full resolution (num_res_blocks 0 there),
+    2 blocks of 64 channels at 1/2 and of 128 at 1/4 (`model.channels: [64, 64, 128]`,
+    `model.num_res_blocks: [0, 2, 2]`, `model.downsample: [2, 2, 1]`); shipped defaults otherwise."""
+    return build_autoencoder(
+        "vqvae", spatial_dims, in_channels=1, channels=(64, 64, 128), num_res_blocks=(0, 2, 2),
+        downsample=(2, 2, 1), embedding_dim=64, num_embeddings=256,
     )
 
 
@@ -131,6 +145,7 @@ def variants(case: str, spatial_dims: int, quick: bool) -> dict:
         return {
             "medgen": (lambda: medgen_vqvae(spatial_dims, matched=False), medgen_loss),
             "medgen_matched": (lambda: medgen_vqvae(spatial_dims, matched=True), medgen_loss),
+            "medgen_strided": (lambda: medgen_vqvae_strided(spatial_dims), medgen_loss),
             "monai": (lambda: monai_vqvae(spatial_dims), monai_vq_loss),
         }
     out = {

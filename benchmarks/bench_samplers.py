@@ -132,19 +132,21 @@ class Run:
         self.data = Store.open(store_path(self.lineage.data, self.lineage.data_store))
         self.clock = DenoiserClock(self.model)
 
-    def condition(self, settings: SampleSettings) -> list[torch.Tensor]:
-        """The subject's condition channels, prepared as ``sample.run`` prepares them."""
+    def condition(self, settings: SampleSettings) -> tuple[Any, list[torch.Tensor]]:
+        """The subject's sampling job and condition channels, prepared as ``sample.run`` prepares them."""
         jobs, conds = sample._jobs(settings, self.info, self.device)
         codecs = _diffusion.condition_codecs(self.info, conds)
-        return _diffusion.prepare_conditions(self.info, codecs, jobs[0].cond)
+        return jobs[0], _diffusion.prepare_conditions(self.info, codecs, jobs[0].cond)
 
     @torch.no_grad()
-    def draw(self, settings: SampleSettings, cond: list[torch.Tensor], bounds: tuple[float, float] | None
-             ) -> tuple[np.ndarray, dict[str, Any]]:
+    def draw(self, settings: SampleSettings, job_cond: tuple[Any, list[torch.Tensor]],
+             bounds: tuple[float, float] | None) -> tuple[np.ndarray, dict[str, Any]]:
         """One item: latents by ``sample.SAMPLERS['diffusion']``, decoded and clipped as ``sample.run`` does."""
         self.clock.reset()
         t0 = time.perf_counter()
-        generator = torch.Generator(device=self.device).manual_seed(sample._seed(settings.runtime.seed, 0, 0))
+        job, cond = job_cond
+        seed = sample._seed(settings.runtime.seed, job.item or job.subject or "", 0)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         draws = sample.SAMPLERS["diffusion"](self.model, self.info, 1, cond, None, settings.sampler, generator)
         t1 = time.perf_counter()
         image = sample._decode(self.ae, self.info["latents"], draws)[0]

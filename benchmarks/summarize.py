@@ -175,8 +175,10 @@ def headline() -> list[str]:
     if ae:
         for case, c in ae["cases"].items():
             if "ratio_monai_over_medgen_matched" in c:
+                strided = (f", {c['ratio_monai_over_medgen_strided']:.2f} (medgen with MONAI's strided layout, "
+                           "num_res_blocks [0, 2, 2])") if "ratio_monai_over_medgen_strided" in c else ""
                 out.append(f"- {case} training step: {c['ratio_monai_over_medgen']:.2f} (medgen defaults), "
-                           f"{c['ratio_monai_over_medgen_matched']:.2f} (medgen matched to MONAI as far as it goes)")
+                           f"{c['ratio_monai_over_medgen_matched']:.2f} (medgen matched to MONAI as far as it goes)" + strided)
             else:
                 out.append(f"- {case} training step: {c['ratio_monai_over_medgen']:.2f} (same architecture)")
     if prior:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,8 +266,10 @@ def _sample_meta(ref_id: str, ref: ImageMeta, settings: SampleSettings, strategy
                      source=f"medgen sample {settings.prior}", intensity=ref.intensity, attrs=attrs)
 
 
-def _seed(seed: int, job: int, batch: int) -> int:
-    return int(np.random.SeedSequence([seed, job, batch]).generate_state(1)[0])
+def _seed(seed: int, condition: str, batch: int) -> int:
+    """The generator seed of one batch: from the run's seed, the condition's name (its item or
+    subject, "" when unconditional: ``--subject B`` draws what ``--all`` draws for B) and the batch."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(condition.encode()), batch]).generate_state(1)[0])
 
 
 def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
@@ -328,7 +331,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
             ids = job.ids[start:start + settings.batch_size]
             labels = _labels(settings, info, len(ids), offset + start, device)
             if not all(samples.is_complete(i) for i in ids):
-                generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, j, b))
+                key = job.item or job.subject or ""
+                generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, key, b))
                 cond = [g.expand(len(ids), *g.shape[1:]) for g in job.cond] if job.cond else None
                 with torch.no_grad():
                     draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)

@@ -177,11 +177,13 @@ def _join(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) -> s
 def _sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], diffusion, val, device):
     """The second validation tier (None when off); refused up front for items it cannot score.
 
-    It scores samples by SSIM over whole items with an 11-voxel window, so thin items (a 2D+T
-    sequence of 8 slices) would fail at the first validation, after training time was spent.
+    It scores samples by SSIM with an 11-voxel window: over whole items, or slice by slice across
+    the thin axis of a volume (a 2D+T sequence of 8 frames). Smaller items would fail at the first
+    validation, after training time was spent.
     """
     check = _diffusion.sample_check(settings, lat, conds, diffusion, val, device)
-    if check is not None and min(check.targets.shape[2:]) < SSIM_WINDOW:
+    sizes = sorted(check.targets.shape[2:]) if check is not None else []
+    if sizes and sizes[len(sizes) - 2] < SSIM_WINDOW:
         raise UsageError(f"diffusion.sample_every = {settings.diffusion.sample_every} scores samples by SSIM with an "
                          f"{SSIM_WINDOW}-voxel window, but the items are {list(check.targets.shape[2:])}; set "
                          "diffusion.sample_every to 0 and evaluate the samples with medgen evaluate --target.")

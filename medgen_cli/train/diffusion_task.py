@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..metrics.image import psnr, ssim
+from ..metrics.image import psnr, ssim, ssim_slicewise
 from ..models.priors.unet import random_null_mask
 from ..sampling.diffusion import sample_diffusion
 from ..sampling.schedulers import DDIMScheduler
@@ -46,6 +46,15 @@ def denoiser_inputs(batch: dict[str, Any]) -> dict[str, Any]:
         out["labels"] = batch["label"]
     return out
 
+
+
+def _item_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float, window: int = 11) -> torch.Tensor:
+    """SSIM of whole items; a volume thinner than the window on one axis (a 2D+T sequence of 8
+    frames) is scored slice by slice across that axis, as `medgen evaluate` reports it."""
+    shape = target.shape[2:]
+    if len(shape) == 3 and min(shape) < window <= sorted(shape)[1]:
+        return ssim_slicewise(pred, target, data_range, axis=int(torch.tensor(shape).argmin()), window_size=window)
+    return ssim(pred, target, data_range, window)
 
 class DiffusionLoss:
     """``loss_fn(prior, batch, generator)`` of a diffusion prior (see the module docstring).
@@ -131,7 +140,7 @@ class SampleCheck:
             images = self.decode(z).float().cpu()
             recon = self.decode(x0).float().cpu()  # the autoencoder's own reconstruction: the ceiling
             for name, pred in (("sample", images), ("ae", recon)):
-                s = [float(ssim(pred[i:i + 1], self.targets[i:i + 1], r)) for i, r in enumerate(self.data_ranges)]
+                s = [float(_item_ssim(pred[i:i + 1], self.targets[i:i + 1], r)) for i, r in enumerate(self.data_ranges)]
                 p = [float(psnr(pred[i:i + 1], self.targets[i:i + 1], r)) for i, r in enumerate(self.data_ranges)]
                 metrics[f"{name}_ssim"] = sum(s) / len(s)
                 metrics[f"{name}_psnr"] = sum(p) / len(p)

@@ -110,6 +110,11 @@ def test_conditional_transformer_samples_for_one_subject_and_for_all(chain, tmp_
                        tmp_path / "all")
     train_subjects = sorted(ct.subjects("train"))
     assert every.ids == [f"{s}_s00" for s in train_subjects] and every.summary["subjects"] == train_subjects
+    # a subject's samples do not depend on which other subjects the run draws for (seeded by its name)
+    last = train_subjects[-1]
+    alone = sample.run(sample_settings(prior, "num_samples=1", f"condition.subject={last}"), tmp_path / "alone")
+    np.testing.assert_array_equal(Store.open(store_path(alone.out, "codes")).read(f"{last}_s00"),
+                                  Store.open(store_path(every.out, "codes")).read(f"{last}_s00"))
 
 
 def test_resume_gives_the_uninterrupted_result(chain, tmp_path):

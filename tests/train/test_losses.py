@@ -60,3 +60,18 @@ def test_validation_psnr_follows_the_store_mapping(tmp_path):
     assert gap == pytest.approx(20 * math.log10(2), abs=1e-3)
     assert results["narrow"][1]["mse"] == pytest.approx(results["wide"][1]["mse"])
     assert 0 < results["narrow"][1]["codebook_usage"] <= 1 and results["narrow"][1]["perplexity"] >= 1
+
+
+def test_diffusion_validation_ssim_scores_thin_volumes_slice_by_slice():
+    """The sampling tier's SSIM: whole items when every axis fits the window, else across the thin axis."""
+    from medgen_cli.metrics.image import ssim, ssim_slicewise
+    from medgen_cli.train.diffusion_task import _item_ssim
+
+    g = torch.Generator().manual_seed(0)
+    thin = torch.rand(1, 1, 16, 4, 16, generator=g)
+    noisy = thin + 0.1 * torch.randn(thin.shape, generator=g)
+    torch.testing.assert_close(_item_ssim(noisy, thin, 2.0), ssim_slicewise(noisy, thin, 2.0, axis=1))
+    cube = torch.rand(1, 1, 12, 12, 12, generator=g)
+    torch.testing.assert_close(_item_ssim(cube * 0.9, cube, 1.0), ssim(cube * 0.9, cube, 1.0))
+    with pytest.raises(ValueError, match="window"):
+        _item_ssim(thin[:, :, :4], thin[:, :, :4], 1.0)  # two thin axes: nothing to slide the window over
