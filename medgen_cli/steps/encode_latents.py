@@ -29,6 +29,7 @@ from ..errors import UsageError
 from ..io.store import Store, store_path
 from ..settings.prior import EncodeSettings
 from ..train.precision import select_device
+from ..viz.previews import latent_preview
 from ._load import load_autoencoder
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
         if progress is not None:
             progress(done, len(ids), batch_ids[-1])
     summary = _summary(model, info, levels, num_embeddings, scale, settings, store)
+    _preview(partial, store, levels, num_embeddings)
     writer.commit(summary)
     log.info("wrote %s (%d items, %s)", out, len(ids), summary["grid_shape"])
     return EncodeResult(out=out, summary=summary, encoded=len(todo), skipped=skipped)
@@ -195,6 +197,16 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
 
 def _common(shapes: set[tuple[int, ...]]) -> list[int] | None:
     return list(next(iter(shapes))) if len(shapes) == 1 else None
+
+
+def _preview(partial: Path, images: Store, levels: list[_Level], num_embeddings: int | None) -> None:
+    """``previews/latents.png``: a few items next to their code maps or latent channels."""
+    ordered = sorted(levels, key=lambda lv: lv.name != "top")  # coarse to fine
+    try:
+        latent_preview(partial / "previews" / "latents.png", images, {lv.level: lv.store for lv in ordered},
+                       num_embeddings)
+    except Exception as err:  # noqa: BLE001 - a picture is never worth failing the step for (tests draw it)
+        log.warning("could not draw a preview of the latents: %s", err)
 
 
 def _summary(model, info, levels: list[_Level], num_embeddings, scale, settings: EncodeSettings,

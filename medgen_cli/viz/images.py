@@ -110,7 +110,8 @@ def save_grid(path: Path | str, rows: Sequence[Sequence[np.ndarray | None]], tit
               vmin: float | None = None, vmax: float | None = None, *, row_labels: Sequence[str] | None = None,
               error_columns: Sequence[int] = (), error_vmax: float | None = None,
               aspects: Sequence[Sequence[float]] | None = None,
-              edges: Sequence[Sequence[tuple[str, str, str, str] | None]] | None = None, title: str = "") -> Path:
+              edges: Sequence[Sequence[tuple[str, str, str, str] | None]] | None = None, title: str = "",
+              column_scales: dict[int, tuple[str, float, float]] | None = None) -> Path:
     """A grid of 2D images, e.g. rows of input | reconstruction | error.
 
     Image panels share one grey scale (``vmin``..``vmax``, default: the range of all of them);
@@ -129,8 +130,11 @@ def save_grid(path: Path | str, rows: Sequence[Sequence[np.ndarray | None]], tit
         edges: per panel orientation letters (left, right, top, bottom), e.g. from
             ``DisplaySlice.edges``; None for none.
         title: figure title.
+        column_scales: ``{column: (colour map, vmin, vmax)}`` for columns on a scale of their own
+            (e.g. code indices), left out of the shared grey scale.
     """
     rows = [list(r) for r in rows]
+    own = dict(column_scales or {})
     ncols = max((len(r) for r in rows), default=0)
     if titles is not None and len(titles) > ncols:
         raise ValueError(f"{len(titles)} titles for {ncols} columns")
@@ -142,7 +146,7 @@ def save_grid(path: Path | str, rows: Sequence[Sequence[np.ndarray | None]], tit
     for r, c, a in cells:
         if a is not None and a.ndim != 2:
             raise ValueError(f"panel ({r}, {c}) must be a 2D array, got shape {a.shape}")
-    lo, hi = _limits([a for _, c, a in cells if a is not None and c not in errors], vmin, vmax)
+    lo, hi = _limits([a for _, c, a in cells if a is not None and c not in errors and c not in own], vmin, vmax)
     e = _symmetric([a for _, c, a in cells if a is not None and c in errors], error_vmax)
     headers = int(bool(titles)) + int(bool(title))
     fig, axes, cax = _grid(len(rows), ncols, headers, row_labels is not None, bool(errors))
@@ -151,7 +155,10 @@ def save_grid(path: Path | str, rows: Sequence[Sequence[np.ndarray | None]], tit
         if a is None:
             continue
         aspect = aspects[r][c] if aspects is not None else 1.0
-        if c in errors:
+        if c in own:
+            cmap, cmin, cmax = own[c]
+            axes[r, c].imshow(a, cmap=cmap, vmin=cmin, vmax=cmax, aspect=aspect, interpolation="nearest")
+        elif c in errors:
             error_image = axes[r, c].imshow(a, cmap=DIVERGING, vmin=-e, vmax=e, aspect=aspect, interpolation="nearest")
         else:
             axes[r, c].imshow(a, cmap=GREY, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")

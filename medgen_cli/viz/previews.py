@@ -44,3 +44,51 @@ def store_preview(path: Path | str, store, max_items: int = 8, columns: int = 4)
     titles = [v.plane for v in _views(items[0][1], items[0][2])]
     return save_grid(path, rows, titles, lo, hi, aspects=aspects, edges=edges, row_labels=labels,
                      title=str(store.attrs.get("name", "")))
+
+
+def latent_preview(path: Path | str, images, levels: dict, num_embeddings: int | None = None,
+                   max_items: int = 4) -> Path | None:
+    """Items next to their latent grids: what the autoencoder made of each image.
+
+    One row per item (chosen evenly over the ids): the image's axial centre view, then each latent
+    level's (VQ: the code indices in a qualitative colour map, since neighbouring indices mean
+    nothing alike; KL: each latent channel in grey, centred on 0). None when there are no items.
+
+    Args:
+        path: PNG file to write.
+        images: the encoded `Store` (preprocessed images).
+        levels: ``{name: latents Store}`` in display order (e.g. ``{"top": ..., "latents": ...}``).
+        num_embeddings: codebook size of VQ latents (their colour scale); None for continuous ones.
+        max_items: rows at most.
+    """
+    first = next(iter(levels.values()))
+    ids = first.ids()
+    if not ids:
+        return None
+    picks = list(dict.fromkeys(ids[int(round(k))] for k in np.linspace(0, len(ids) - 1, min(max_items, len(ids)))))
+    rows, aspects, titles, scales = [], [], ["image"], {}
+    for item_id in picks:
+        view = _views(*images.read_item(item_id))[0]
+        row, aspect = [view.image], [view.aspect]
+        for name, store in levels.items():
+            grid, meta = store.read_item(item_id)
+            channels = [grid] if num_embeddings is not None else list(grid)
+            for c, values in enumerate(channels):
+                latent = _views(values, meta)[0]
+                row.append(latent.image)
+                aspect.append(latent.aspect)
+                if item_id == picks[0]:
+                    titles.append((name if name == "codes" else f"{name} codes") if num_embeddings is not None
+                                  else f"{name} ch{c}")
+        rows.append(row)
+        aspects.append(aspect)
+    for c in range(1, len(titles)):
+        if num_embeddings is not None:
+            scales[c] = ("tab20", 0.0, float(num_embeddings - 1))
+        else:
+            bound = max(float(np.abs(r[c]).max()) for r in rows) or 1.0
+            scales[c] = ("gray", -bound, bound)
+    mapping = images.meta(picks[0]).intensity
+    lo, hi = (mapping.out_low, mapping.out_high) if mapping.clip else (None, None)
+    return save_grid(path, rows, titles, lo, hi, aspects=aspects, row_labels=picks, column_scales=scales,
+                     title="images and their latents")

@@ -116,3 +116,15 @@ def test_bad_inputs_are_one_sentence_usage_errors(chain, tmp_path):
     with pytest.raises(UsageError, match="no autoencoder given"):
         encode_latents.run(EncodeSettings(data=str(chain.prep), store="drr"), tmp_path / "d")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c.partial").exists()
+
+
+@pytest.mark.parametrize("name, coloured", [("vq", True), ("vq2", True), ("kl", False), ("vq3d", True)])
+def test_latent_preview_shows_images_next_to_their_code_maps(chain, name, coloured):
+    """previews/latents.png: grey images, VQ codes in a qualitative colour map, KL channels in grey."""
+    import matplotlib.image
+
+    png = chain.latents[name] / "previews" / "latents.png"
+    assert "previews" in require(chain.latents[name], "latents").files
+    rgb = matplotlib.image.imread(png)[..., :3]
+    colour = (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) > 0.1
+    assert colour.any() == coloured  # only code maps bring colour into the picture
