@@ -9,6 +9,8 @@
 # super-resolved with DDIM in 50 steps and scored against its original next to trilinear upsampling
 # of the same input and the autoencoder's own reconstruction (the ceiling of any latent model).
 # Figures rest on ONE held-out subject (one CT trains): a demonstration, not a validation.
+# Measured (README "Results"): on lung2 trilinear SSIM 0.828, the model 0.322 (it memorises lung1: 0.885 on
+# lung1 itself), the autoencoder's ceiling 0.868 -- one training CT cannot teach the mapping.
 # Budget on a 2-core CPU: ~6 min autoencoder + ~7.5 min prior + ~1 min sampling and evaluation.
 #
 #   bash examples/04_ct_superres/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
