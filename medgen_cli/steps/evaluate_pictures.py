@@ -41,7 +41,15 @@ def error_limit(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def _centre_views(arr: np.ndarray, meta: ImageMeta):
-    return [display_slice(arr, meta)] if arr.ndim == 2 else [display_slice(arr, meta, a) for a in range(3)]
+    """Centre views: one for a 2D item; three for a volume, or only the one across its thin axis for
+    a slab or 2D+T sequence (an axis at most a quarter of the longest: 64x64x8), whose other two views
+    would be thin strips."""
+    if arr.ndim == 2:
+        return [display_slice(arr, meta)]
+    thin = int(np.argmin(arr.shape))
+    if 4 * arr.shape[thin] <= max(arr.shape):
+        return [display_slice(arr, meta, thin)]
+    return [display_slice(arr, meta, a) for a in range(3)]
 
 
 def item_pictures(directory: Path, item_id: str, arr: np.ndarray, meta: ImageMeta, side: str,

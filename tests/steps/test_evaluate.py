@@ -191,3 +191,21 @@ def test_errors_are_one_clear_sentence(tmp_path, trained):
     with pytest.raises(UsageError, match="no autoencoder in the lineage"):
         evaluate.run(settings(samples=samples, data=prep), tmp_path / "e5")
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
+
+
+def test_pictures_of_slabs_show_only_the_view_across_the_thin_axis(tmp_path):
+    """A 2D+T sequence (64x64x8) gets one view (across T), a cube three, a slice one."""
+    from medgen_cli.io.meta import ImageMeta
+    from medgen_cli.steps.evaluate_pictures import _centre_views, pair_grid
+
+    meta = ImageMeta(affine=np.diag([0.7, 0.7, 5.0, 1.0]))
+    seq, cube = np.zeros((64, 64, 8), np.float32), np.zeros((16, 16, 16), np.float32)
+    seq[:, :, 4] = np.arange(64)[:, None]  # the centre frame carries the content
+    (view,) = _centre_views(seq, meta)
+    assert view.image.shape == (64, 64) and np.ptp(view.image) == 63  # the T-centre frame, not a 64x8 strip
+    assert len(_centre_views(cube, meta)) == 3 and len(_centre_views(seq[:, :, 0], meta)) == 1
+    import matplotlib.image
+
+    one = matplotlib.image.imread(pair_grid(tmp_path / "seq.png", [seq], [seq], [meta], ["s"], ("a", "b", "c"), (0, 63), 1.0))
+    three = matplotlib.image.imread(pair_grid(tmp_path / "cube.png", [cube], [cube], [meta], ["c"], ("a", "b", "c"), (0, 1), 1.0))
+    assert one.shape[0] < three.shape[0] / 2  # one row of panels instead of three
