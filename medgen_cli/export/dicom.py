@@ -1,32 +1,36 @@
 """DICOM series export: one classic single-frame image per slice, written by SimpleITK (GDCM).
 
 This follows SimpleITK's "write a DICOM series from a volume" recipe (one ``ImageFileWriter`` call
-per slice, ``KeepOriginalImageUIDOn``, the tags set on each slice), with geometry and values made
-exact for readers:
+per slice, ``KeepOriginalImageUIDOn``, the tags set on each slice), with layout, geometry, values
+and attributes made right for viewers, PACS and ``dciodvfy``:
 
-* **Geometry (LPS, as DICOM wants).** Each slice carries ImagePositionPatient (the position of its
-  voxel ``(0, 0, k)``), ImageOrientationPatient (the directions of the ``i`` axis, along a row, then
-  of the ``j`` axis, down a column), PixelSpacing (GDCM writes ``row spacing\\column spacing``, i.e.
-  ``(spacing_j, spacing_i)``), SliceThickness and SpacingBetweenSlices (the ``k`` spacing, so a
-  single-slice series also knows its thickness) and SliceLocation. Readers take the slice normal as
-  row x column and sort slices along it, so an item whose axes are left-handed is written with its
-  slice order reversed: the same voxels at the same positions.
-* **Values.** ``stored int16 x RescaleSlope + RescaleIntercept = physical value``. CT: slope 1,
-  intercept 0, so the stored integer *is* the HU value rounded to the nearest HU. Other modalities:
-  slope 1 and intercept 0 when the values already are integers that fit int16 (lossless), otherwise
-  the value range is mapped onto -32000..32000 (error at most slope / 2). Slope and intercept are
-  rounded to DICOM decimal strings first and the values quantised with exactly those numbers.
-  The MR Image IOD does not list the Rescale attributes; medgen writes them as a standard extended
-  SOP class, as Philips scanners do; ITK and pydicom apply them.
-* **SOP classes.** CT -> CT Image Storage, MR -> MR Image Storage, XR -> Computed Radiography Image
-  Storage (GDCM refuses a rescale in DX), anything else -> Secondary Capture. CR and SC images have no
-  patient geometry in the standard; position and orientation are written but viewers may ignore them.
-* **UIDs.** New ``2.25.<uuid4>`` UIDs on every export: one study, series and frame of reference per
-  item, one SOP instance per slice.
-* **Marks.** Every export has ImageType ``DERIVED\\SECONDARY``, ContentQualification ``RESEARCH``,
-  BurnedInAnnotation ``NO`` and a DerivationDescription. A synthetic item (a sample) also gets
-  ImageType value 3 ``SYNTHETIC``, a SeriesDescription starting with ``SYNTHETIC``, PatientName
-  ``SYNTHETIC^MEDGEN``, PatientID ``SYNTHETIC-<item id>`` and ImageComments saying it is not a patient.
+* **Layout (as 3D Slicer, OsiriX and PACS show it).** The item is first put in the standard
+  orientation (``io.meta.standard_orientation``): ImageOrientationPatient is the one closest to the
+  plane's standard axes, so in an axial slice the first column is the patient's right and the first
+  row is anterior (IOP ``1\\0\\0\\0\\1\\0``), coronal slices have the patient's right on the left and
+  superior at the top, sagittal slices anterior on the left. Slices run along row x column.
+  Voxels are only swapped and reversed, never interpolated, so each keeps its world position.
+* **Geometry (LPS).** ImagePositionPatient of each slice, ImageOrientationPatient, PixelSpacing
+  (``row spacing\\column spacing``), SpacingBetweenSlices, SliceLocation. SliceThickness is the
+  source's when the item's slices are parallel to the source's, else the slice spacing.
+* **Values.** ``stored integer x RescaleSlope + RescaleIntercept = physical value``. CT: slope 1,
+  intercept 0, so the stored int16 *is* the HU value. Other modalities: slope 1, intercept 0 when
+  the values already are integers that fit int16 (lossless), otherwise the value range is mapped
+  onto -32000..32000 (error at most slope / 2). DX allows no rescale: its unsigned values are a
+  linear map of medgen's values onto 0..65535, stated in DerivationDescription.
+* **Modality and SOP class.** CT -> CT Image Storage, MR -> MR Image Storage, a radiograph -> the
+  source's kind (a DX stays Digital X-Ray Image Storage - For Presentation, a CR stays Computed
+  Radiography; CR when there is no DICOM source), anything else -> Secondary Capture.
+* **Attributes.** Every Type 1 and Type 2 attribute of the IOD is written, empty when unknown. From
+  a DICOM source (``ImageMeta.dicom``) the patient (name, ID, birth date, sex), the study (Study
+  Instance UID, date, ID, accession number) and the frame of reference are carried, so the export
+  files into the source's study; otherwise the PatientID is the subject and the UIDs are new
+  ``2.25.<uuid4>``. Each export is a new series. Body part, view position, laterality, patient
+  position and MR sequence parameters are kept.
+* **Marks.** ImageType ``DERIVED\\SECONDARY``, ContentQualification ``RESEARCH``, BurnedInAnnotation
+  ``NO`` and a DerivationDescription. A synthetic item (a sample) carries no source identity:
+  PatientName ``SYNTHETIC^MEDGEN``, PatientID ``SYNTHETIC-<item id>``, a SeriesDescription starting
+  with ``SYNTHETIC``, ImageType value 4 ``SYNTHETIC`` and ImageComments saying it is not a patient.
 """
 
 from __future__ import annotations
@@ -35,45 +39,20 @@ import functools
 import logging
 import os
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..io.meta import ImageMeta
+from ..io.meta import ImageMeta, standard_orientation
 from ..io.writers import to_sitk
+from .dicom_tags import (RADIOGRAPHS, SOP_CLASS, add_sequences, ds, dx_sequences, export_modality,  # noqa: F401
+                         new_uid, series_tags, slice_position_tags)
 
 log = logging.getLogger(__name__)
 
 INT16_MIN, INT16_MAX = -32768, 32767
+UINT16_MAX = 65535
 FLOAT_SPAN = 32000  # non-integer values fill -32000..32000, leaving headroom for DS rounding
-SYNTHETIC_COMMENT = "Synthetic image generated by medgen; not a patient"
-DICOM_MODALITY = {"CT": "CT", "MR": "MR", "XR": "CR"}  # anything else: OT (Secondary Capture)
-SOP_CLASS = {
-    "CT": "1.2.840.10008.5.1.4.1.1.2",
-    "MR": "1.2.840.10008.5.1.4.1.1.4",
-    "CR": "1.2.840.10008.5.1.4.1.1.1",
-    "OT": "1.2.840.10008.5.1.4.1.1.7",
-}
-
-
-def new_uid() -> str:
-    """A new DICOM UID under the UUID root ``2.25`` (PS3.5 B.2): at most 44 characters."""
-    return f"2.25.{uuid.uuid4().int}"
-
-
-def ds(value: float) -> str:
-    """``value`` as a DICOM decimal string (at most 16 characters, as many digits as fit)."""
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"a DICOM decimal string must be finite, got {value}")
-    for digits in range(12, 3, -1):
-        text = f"{value:.{digits}g}"
-        if len(text) <= 16:
-            return text
-    raise ValueError(f"{value} does not fit a DICOM decimal string")
 
 
 def choose_rescale(values: np.ndarray, modality: str) -> tuple[float, float]:
@@ -105,22 +84,14 @@ def quantise(values: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return intercept + slope * np.clip(n, INT16_MIN, INT16_MAX)
 
 
-def right_handed(array: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, ImageMeta]:
-    """Reverse the ``k`` axis of a left-handed item (same voxels at the same world positions).
-
-    A 2D item only has its slice normal negated. DICOM readers rebuild ``k`` as row x column, so
-    only a right-handed item comes back with the geometry it was written with.
-    """
-    affine = meta.affine
-    if np.linalg.det(affine[:3, :3]) >= 0:
-        return array, meta
-    n = array.shape[2] if array.ndim == 3 else 1
-    flipped = affine.copy()
-    flipped[:3, 3] = affine[:3, 3] + (n - 1) * affine[:3, 2]
-    flipped[:3, 2] = -affine[:3, 2]
-    if array.ndim == 3:
-        array = np.ascontiguousarray(array[:, :, ::-1])
-    return array, meta.with_affine(flipped)
+def unsigned_levels(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(uint16 levels, a, b)`` with ``value ~ a * level + b``: integers 0..65535 are kept as they are."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if lo >= 0 and hi <= UINT16_MAX and np.array_equal(values, np.rint(values)):
+        return values.astype(np.uint16), 1.0, 0.0
+    a = (hi - lo) / UINT16_MAX if hi > lo else 1.0
+    return np.rint((values - lo) / a).astype(np.uint16), a, lo
 
 
 @functools.cache
@@ -153,64 +124,34 @@ def _window(values: np.ndarray, meta: ImageMeta) -> tuple[float, float]:
     return (lo + hi) / 2, max(hi - lo, 1.0)
 
 
-def series_tags(meta: ImageMeta, item_id: str, synthetic: bool, values: np.ndarray,
-                slope: float, intercept: float) -> dict[str, str]:
-    """Tags shared by every slice of the series ("gggg|eeee" -> value), UIDs freshly made."""
-    modality = DICOM_MODALITY.get(meta.modality, "OT")
-    now = time.localtime()
-    date, clock = time.strftime("%Y%m%d", now), time.strftime("%H%M%S", now)
-    center, width = _window(values, meta)
-    spacing_k = ds(meta.spacing[2])
-    if synthetic:
-        image_type = "DERIVED\\SECONDARY\\SYNTHETIC"
-        description = f"SYNTHETIC medgen sample {item_id}"
-        patient_name, patient_id = "SYNTHETIC^MEDGEN", f"SYNTHETIC-{item_id}"
-        derivation = f"Generated by medgen {__version__}; not acquired from a patient"
+def _pixels(volume, meta: ImageMeta, modality: str):
+    """(SimpleITK image GDCM writes as is, rescale and window tags, a note on the value mapping)."""
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayViewFromImage(volume)
+    if modality == "DX":  # DX: unsigned, RescaleSlope 1 and RescaleIntercept 0 (PS3.3 C.8.11.3)
+        levels, a, b = unsigned_levels(values)
+        image = sitk.GetImageFromArray(levels)
+        lo, hi = float(levels.min()), float(levels.max())
+        tags = {"0028|1050": ds((lo + hi) / 2), "0028|1051": ds(max(hi - lo, 1.0)), "0028|1052": "0",
+                "0028|1053": "1", "0028|1054": "US"}
+        note = "" if (a, b) == (1.0, 0.0) else f"; pixel values are (medgen value - {b:.6g}) / {a:.6g}"
     else:
-        image_type = "DERIVED\\SECONDARY"
-        description = f"medgen export {item_id}"
-        patient_name = patient_id = meta.subject or item_id
-        derivation = f"Exported by medgen {__version__} from {meta.source or item_id}"
-    tags = {
-        "0008|0008": image_type,
-        "0008|0016": SOP_CLASS[modality],
-        "0008|0020": date, "0008|0021": date, "0008|0023": date,
-        "0008|0030": clock, "0008|0031": clock, "0008|0033": clock,
-        "0008|0060": modality,
-        "0008|0070": "medgen",
-        "0008|1030": description[:64],
-        "0008|103e": description[:64],
-        "0008|2111": derivation[:1024],
-        "0010|0010": patient_name[:64],
-        "0010|0020": patient_id[:64],
-        "0018|0050": spacing_k,
-        "0018|0088": spacing_k,
-        "0018|1020": f"medgen {__version__}",
-        "0018|9004": "RESEARCH",
-        "0020|000d": new_uid(),
-        "0020|000e": new_uid(),
-        "0020|0010": "MEDGEN",
-        "0020|0011": "1",
-        "0020|0052": new_uid(),
-        "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",  # signed int16
-        "0028|0301": "NO",
-        "0028|1050": ds(center),
-        "0028|1051": ds(width),
-        "0028|1052": ds(intercept),
-        "0028|1053": ds(slope),
-    }
-    if synthetic:
-        tags["0020|4000"] = SYNTHETIC_COMMENT
-    if modality == "MR":
-        tags.update({"0018|0020": "RM", "0018|0021": "NONE"})  # research mode: no real sequence
-    if modality == "OT":
-        tags["0008|0064"] = "WSD"  # conversion type: workstation
-    return tags
+        slope, intercept = choose_rescale(values, meta.modality)
+        # GDCM divides the given values by the rescale and rounds: hand it exact multiples
+        image = sitk.GetImageFromArray(quantise(values, slope, intercept))
+        center, width = _window(values, meta)
+        tags = {"0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",  # signed int16
+                "0028|1050": ds(center), "0028|1051": ds(width), "0028|1052": ds(intercept),
+                "0028|1053": ds(slope), "0028|1054": "HU" if modality == "CT" else "US"}
+        note = ""
+    image.CopyInformation(volume)
+    return image, tags, note
 
 
 def write_dicom_series(array: np.ndarray, meta: ImageMeta, directory: Path | str, item_id: str,
                        synthetic: bool = False) -> list[Path]:
-    """Write an item as a DICOM series, one ``IM#####.dcm`` file per slice along ``k``.
+    """Write an item as a DICOM series in the standard orientation, one ``IM#####.dcm`` file per slice.
 
     Args:
         array: stored values, 2D ``(i, j)`` (a single-slice series) or 3D ``(i, j, k)``.
@@ -225,45 +166,38 @@ def write_dicom_series(array: np.ndarray, meta: ImageMeta, directory: Path | str
 
     if array.ndim not in (2, 3):
         raise ValueError(f"a DICOM series needs a 2D or 3D item, got shape {array.shape}")
-    modality = DICOM_MODALITY.get(meta.modality, "OT")
+    modality = export_modality(meta)
     if modality == "MR":
         _allow_rescale_in_classic_mr()
-    array, meta = right_handed(np.asarray(array), meta)
+    array, affine = standard_orientation(np.asarray(array), meta.affine)
+    meta = meta.with_affine(affine)
     volume = to_sitk(array, meta, physical=True)  # float32, LPS, (x, y, z) = (i, j, k)
-    values = sitk.GetArrayViewFromImage(volume)
-    slope, intercept = choose_rescale(values, meta.modality)
-    # GDCM divides the given values by the rescale and rounds: hand it exact multiples
-    quantised = sitk.GetImageFromArray(quantise(values, slope, intercept))
-    quantised.CopyInformation(volume)
-    shared = series_tags(meta, item_id, synthetic, values, slope, intercept)
+    pixels, value_tags, note = _pixels(volume, meta, modality)
+    shared = {**series_tags(meta, item_id, synthetic, modality, note), **value_tags}
     direction = np.asarray(volume.GetDirection()).reshape(3, 3)
-    shared["0020|0037"] = "\\".join(ds(v) for v in (*direction[:, 0], *direction[:, 1]))
-    normal = np.cross(direction[:, 0], direction[:, 1])
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     paths = []
-    for k in range(quantised.GetSize()[2]):
+    for k in range(pixels.GetSize()[2]):
         # a (x, y, 1) slice keeps the k spacing, so GDCM writes the right SpacingBetweenSlices
-        image = quantised[:, :, k : k + 1]
-        position = np.asarray(quantised.TransformIndexToPhysicalPoint((0, 0, k)))
-        tags = {
-            **shared,
-            "0008|0018": new_uid(),
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(ds(v) for v in position),
-            "0020|1041": ds(position @ normal),
-        }
+        image = pixels[:, :, k : k + 1]
+        tags = {**shared, "0008|0018": new_uid(), "0020|0013": str(k + 1)}
+        if modality not in RADIOGRAPHS:  # projection images have no patient position (PS3.3 C.8.11)
+            position = np.asarray(pixels.TransformIndexToPhysicalPoint((0, 0, k)))
+            tags.update(slice_position_tags(position, direction, ds))
         for key, value in tags.items():
             image.SetMetaData(key, value)
         path = directory / f"IM{k + 1:05d}.dcm"
         writer.SetFileName(str(path))
         writer.Execute(image)
+        if modality == "DX":
+            add_sequences(path, dx_sequences({} if synthetic else meta.dicom or {}))
         paths.append(path)
     _check_sop_class(paths[0], SOP_CLASS[modality])
-    log.debug("wrote DICOM series %s: %d slices, slope %s, intercept %s", directory, len(paths), slope, intercept)
+    log.debug("wrote DICOM series %s: %s, %d slices", directory, modality, len(paths))
     return paths
 
 
@@ -276,3 +210,4 @@ def _check_sop_class(path: Path, expected: str) -> None:
     got = reader.GetMetaData("0008|0016").strip("\0 ") if reader.HasMetaDataKey("0008|0016") else ""
     if got != expected:
         raise RuntimeError(f"{path}: GDCM wrote SOP class {got or 'none'} instead of {expected}")
+

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..io.meta import LPS_TO_RAS, ImageMeta, IntensityMapping
+from ..io.meta import ImageMeta, IntensityMapping, standard_orientation
 from ..io.writers import to_sitk, write_nifti
 from .dicom import write_dicom_series
 
@@ -40,15 +40,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("nifti", "nrrd", "mha", "dicom", "png")
 SYNTHETIC_MARK = "SYNTHETIC (medgen)"
 SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
-
-# Screen directions in LPS for each plane, keyed by the world axis closest to the slice normal:
-# (direction that runs to the screen's right, direction that runs down the screen).
-SCREEN = {
-    2: ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),   # axial: patient left on the right, posterior down
-    1: ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),  # coronal: patient left on the right, inferior down
-    0: ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),  # sagittal: posterior on the right, inferior down
-}
-
 
 def export_item(array: np.ndarray, meta: ImageMeta, out_dir: Path | str, item_id: str, fmt: str,
                 synthetic: bool = False) -> list[Path]:
@@ -131,6 +122,8 @@ def _into_directory(final: Path, write) -> list[Path]:
 def to_display(plane: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """A 2D ``(i, j)`` plane as ``(rows, cols)`` in radiological display orientation.
 
+    The layout is ``io.meta.standard_orientation``'s, the one DICOM exports are written in.
+
     Args:
         plane: values indexed ``(i, j)``.
         affine: the plane's 4x4 voxel -> RAS+ affine (only its first two columns matter).
@@ -138,16 +131,7 @@ def to_display(plane: np.ndarray, affine: np.ndarray) -> np.ndarray:
     plane = np.asarray(plane)
     if plane.ndim != 2:
         raise ValueError(f"expected a 2D (i, j) plane, got shape {plane.shape}")
-    axes = (LPS_TO_RAS[:3, :3] @ np.asarray(affine, dtype=np.float64)[:3, :2])
-    axes = axes / np.linalg.norm(axes, axis=0)  # LPS directions of i and j
-    right, down = (np.asarray(v) for v in SCREEN[int(np.argmax(np.abs(np.cross(axes[:, 0], axes[:, 1]))))])
-    i_across = abs(axes[:, 0] @ right) + abs(axes[:, 1] @ down) >= abs(axes[:, 1] @ right) + abs(axes[:, 0] @ down)
-    image, across, downward = (plane.T, axes[:, 0], axes[:, 1]) if i_across else (plane, axes[:, 1], axes[:, 0])
-    if across @ right < 0:
-        image = image[:, ::-1]
-    if downward @ down < 0:
-        image = image[::-1, :]
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(standard_orientation(plane, affine)[0].T)
 
 
 def to_grey(array: np.ndarray, mapping: IntensityMapping) -> np.ndarray:

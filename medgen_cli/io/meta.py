@@ -10,6 +10,9 @@ Conventions (the same everywhere in medgen):
   is the slice normal scaled by the slice thickness, so a slice always knows where it lies.
 * ``IntensityMapping`` records how stored values relate to physical values (HU for CT), so any
   later step can map model outputs back to physical units and compute metrics on the true range.
+* ``ImageMeta.dicom`` keeps the source DICOM attributes an export needs to stay in its patient's
+  study (identifiers, slice thickness, view, laterality); None when the source was not DICOM.
+* ``standard_orientation`` lays an image out as radiologists read it (DICOM export, PNG).
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ class ImageMeta:
         source: the file or directory the image came from.
         intensity: mapping from stored values to physical units.
         attrs: anything else worth keeping (series UID, view, slice index, derived-from, ...).
+        dicom: source DICOM attributes by keyword (``PatientID``, ``StudyInstanceUID``,
+            ``SliceThickness``, ``ViewPosition``, ...; see ``io.dicom.SOURCE_TAGS``), or None.
     """
 
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
@@ -134,6 +139,7 @@ class ImageMeta:
     source: str = ""
     intensity: IntensityMapping = field(default_factory=IntensityMapping)
     attrs: dict[str, Any] = field(default_factory=dict)
+    dicom: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         a = np.asarray(self.affine, dtype=np.float64)
@@ -175,11 +181,13 @@ class ImageMeta:
             "affine": self.affine.tolist(),
             "intensity": self.intensity.to_dict(),
             **self.attrs,
+            **({"dicom": dict(self.dicom)} if self.dicom is not None else {}),
         }
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "ImageMeta":
-        known = {"subject", "modality", "source", "spacing", "origin", "direction", "affine", "intensity"}
+        known = {"subject", "modality", "source", "spacing", "origin", "direction", "affine", "intensity", "dicom"}
+        dicom = attrs.get("dicom")
         return cls(
             affine=np.asarray(attrs["affine"], dtype=np.float64),
             modality=attrs.get("modality", "OT"),
@@ -187,4 +195,56 @@ class ImageMeta:
             source=attrs.get("source", ""),
             intensity=IntensityMapping.from_dict(attrs.get("intensity")),
             attrs={k: v for k, v in attrs.items() if k not in known},
+            dicom={str(k): str(v) for k, v in dicom.items()} if isinstance(dicom, dict) else None,
         )
+
+
+# ------------------------------------------------------------------------------ display orientation
+# LPS directions of the column (i), row (j) and slice (k) axes of the standard layout of each plane,
+# keyed by the world axis closest to the slice normal (0 = L/R, 1 = A/P, 2 = S/I). Each frame is
+# right-handed (k = i x j), as DICOM readers rebuild the slice axis.
+STANDARD_FRAMES = {
+    2: ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),    # axial: first column the patient's right, first row anterior
+    1: ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),   # coronal: patient's right on the left, superior at the top
+    0: ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0)),  # sagittal: anterior on the left, superior at the top
+}
+
+
+def standard_orientation(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Swap and flip axes so that the image is laid out as radiologists read it (no interpolation).
+
+    The plane (axial, coronal, sagittal) is the one closest to the in-plane normal ``i x j``; the
+    in-plane axes are swapped when that brings them closer to the plane's column and row
+    directions (``STANDARD_FRAMES``), then each axis that runs against its direction is reversed.
+    Along ``i`` the image then runs to the patient's left (first column = the patient's right) in
+    axial and coronal planes, along ``j`` to posterior (axial) or inferior; a volume's ``k`` axis
+    runs along ``i x j``. Every voxel keeps its world position: the affine changes with the array.
+
+    Args:
+        array: 2D ``(i, j)`` or 3D ``(i, j, k)`` values.
+        affine: 4x4 voxel -> RAS+ affine (a 2D image's third column is its slice normal).
+
+    Returns ``(array, affine)`` in the standard layout.
+    """
+    array = np.asarray(array)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D (i, j) or 3D (i, j, k) array, got shape {array.shape}")
+    affine = np.asarray(affine, dtype=np.float64).copy()
+    axes = LPS_TO_RAS[:3, :3] @ affine[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0)  # LPS unit directions of i, j, k
+    normal = np.cross(axes[:, 0], axes[:, 1])
+    across, down, through = (np.asarray(v) for v in STANDARD_FRAMES[int(np.argmax(np.abs(normal)))])
+    straight = abs(axes[:, 0] @ across) + abs(axes[:, 1] @ down)
+    swapped = abs(axes[:, 1] @ across) + abs(axes[:, 0] @ down)
+    if swapped > straight:
+        array = np.swapaxes(array, 0, 1)
+        affine[:, [0, 1]] = affine[:, [1, 0]]
+        axes[:, [0, 1]] = axes[:, [1, 0]]
+    for axis, target in enumerate((across, down, through)[: array.ndim]):
+        if axes[:, axis] @ target < 0:
+            array = np.flip(array, axis)
+            affine[:3, 3] += (array.shape[axis] - 1) * affine[:3, axis]
+            affine[:3, axis] = -affine[:3, axis]
+    if array.ndim == 2 and (LPS_TO_RAS[:3, :3] @ affine[:3, 2]) @ through < 0:
+        affine[:3, 2] = -affine[:3, 2]  # a slice's normal follows i x j
+    return np.ascontiguousarray(array), affine

@@ -6,6 +6,16 @@
   converted here. DICOM values come out rescaled (HU for CT). A MONOCHROME1 radiograph is
   inverted by SimpleITK on reading (checked in the tests), so bone is bright in medgen's output,
   as radiologists expect; the item records ``photometric: MONOCHROME1-inverted``.
+* A radiograph has no ImageOrientationPatient; its PatientOrientation (``R\\F``: rows run to the
+  patient's right, columns to the feet) gives its in-plane directions, so its affine is real.
+* DICOM sources keep the attributes an export needs in ``ImageMeta.dicom`` (see ``io.dicom``).
+
+Hostile inputs: the decoded size (float32, 4 bytes a voxel) is computed from the header (NIfTI
+header, ITK image information, the DICOM headers of a series) and an image above ``max_bytes`` is
+refused before any voxel is read, so a small gzip bomb cannot exhaust memory. Reading holds the
+raw and the float32 array at once, so the peak is at most 3x the limit (float64 files), 1.25x for
+8-bit and 1.5x for 16-bit files; the checks after reading work a block at a time. A DICOM series whose slices are not
+evenly spaced is refused with the gap named, or resampled onto a regular grid on request.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StepFailed
+from .dicom import (UNEVEN_MODES, SeriesError, describe_non_image, is_dicom_file, orientation_from_letters,
+                    plan_series, read_headers, regular_grid, source_tags)
 from .meta import LPS_TO_RAS, ImageMeta, affine_from_geometry
 
 log = logging.getLogger(__name__)
@@ -28,6 +40,8 @@ SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpe
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ALL_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 MODALITY_CODES = {"CT": "CT", "MR": "MR", "CR": "XR", "DX": "XR", "RG": "XR", "DR": "XR", "MG": "XR", "XA": "XR", "PX": "XR"}
+DEFAULT_MAX_BYTES = 4 * 2**30  # the decoded (float32) image; preprocess passes input.max_gib
+DECODED_ITEMSIZE = 4  # medgen reads every image as float32
 
 
 class ReadError(StepFailed):
@@ -55,21 +69,15 @@ def strip_suffix(name: str) -> str:
     return Source(name, "sitk").name
 
 
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
+# ------------------------------------------------------------------------------------- discovery
 def discover(patterns: list[str], dicom_series: str = "all") -> tuple[list[Source], list[tuple[str, str]]]:
     """Expand files, directories and globs into sources, sorted by path.
 
     A directory holding DICOM files is one or more series (``dicom_series``: "all" or a UID);
-    other directories are searched recursively for image files. Returns (sources, problems) where
-    problems are (path, reason) for inputs that gave nothing.
+    other directories are searched recursively for image files, following symbolic links but
+    visiting each real directory and file once (a link back up the tree is no loop). An input
+    reached twice (two patterns, a link to a file) is one source. Returns (sources, problems)
+    where problems are (path, reason) for inputs that gave nothing.
     """
     sources: list[Source] = []
     problems: list[tuple[str, str]] = []
@@ -82,59 +90,98 @@ def discover(patterns: list[str], dicom_series: str = "all") -> tuple[list[Sourc
             if not path.exists():
                 problems.append((match, "no such file or directory"))
             elif path.is_dir():
-                found = _discover_dir(path, dicom_series)
+                found, why = _discover_dir(path, dicom_series)
                 if not found:
-                    problems.append((match, "the directory holds no readable image or DICOM series"))
+                    problems.append((match, "the directory holds no readable image or DICOM series" + why))
                 sources.extend(found)
             else:
                 sources.append(_source_for_file(path))
-    unique = {(s.path, s.series_uid): s for s in sources}
+    unique: dict[tuple[str, str], Source] = {}
+    for s in sources:  # the first path that reaches a real file names it
+        unique.setdefault((os.path.realpath(s.path), s.series_uid), s)
     return sorted(unique.values(), key=lambda s: (s.path, s.series_uid)), problems
 
 
 def _source_for_file(path: Path) -> Source:
-    lower = path.name.lower()
-    if lower.endswith(NIFTI_SUFFIXES):
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
         return Source(str(path), "nifti")
     return Source(str(path), "sitk")
 
 
-def _discover_dir(path: Path, dicom_series: str) -> list[Source]:
+def walk_files(root: Path | str) -> list[Path]:
+    """Every file under ``root``, following links, each real directory and file visited once."""
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []  # reached again through a link: already searched
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            target = os.path.realpath(path)
+            if target not in seen_files and os.path.isfile(target):
+                seen_files.add(target)
+                out.append(path)
+    return sorted(out)
+
+
+def _discover_dir(path: Path, dicom_series: str) -> tuple[list[Source], str]:
+    """The sources under a directory and, when there are none, why (e.g. DICOM files without images)."""
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # failures are reported as sentences, not ITK dumps
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    dicom_dirs = sorted({p.parent for p in files if p.suffix.lower() == ".dcm" or (not p.suffix and _is_dicom_file(p))})
+    files = walk_files(path)
+    dicom_files = [p for p in files if p.suffix.lower() == ".dcm" or (not p.suffix and is_dicom_file(p))]
     out: list[Source] = []
-    for d in dicom_dirs:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or []
-        for uid in uids:
+    for d in sorted({p.parent for p in dicom_files}):
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or []:
             if dicom_series in ("all", uid):
                 out.append(Source(str(d), "dicom-series", uid))
     images = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + SITK_SUFFIXES) and p.suffix.lower() != ".dcm"]
     out.extend(_source_for_file(p) for p in images)
-    return out
+    if out or not dicom_files:
+        return out, ""
+    reasons = ((p, describe_non_image(p)) for p in dicom_files[:20])
+    p, reason = next(((p, r) for p, r in reasons if r), (dicom_files[0], "cannot be read as a DICOM image"))
+    return out, f" ({p.name} {reason})"
 
 
 # ----------------------------------------------------------------------------------------- reading
-def read_source(source: Source, modality: str = "auto") -> tuple[np.ndarray, ImageMeta]:
-    """Read one source as float32 in physical units; raise ReadError with the reason on failure."""
+def read_source(source: Source, modality: str = "auto", *, max_bytes: int | None = None,
+                uneven_slices: str = "error") -> tuple[np.ndarray, ImageMeta]:
+    """Read one source as float32 in physical units; raise ReadError with the reason on failure.
+
+    Args:
+        source: what ``discover`` found.
+        modality: "auto" (from the DICOM header or the values) or the modality to record.
+        max_bytes: refuse an image whose decoded float32 array would exceed this many bytes,
+            judged from its header before reading (None: ``DEFAULT_MAX_BYTES``, 4 GiB).
+        uneven_slices: a DICOM series with uneven slice positions: "error" refuses it naming the
+            gap, "resample" interpolates it linearly onto a regular grid at the median spacing.
+    """
+    if uneven_slices not in UNEVEN_MODES:
+        raise ValueError(f"uneven_slices must be one of {', '.join(UNEVEN_MODES)}, got {uneven_slices!r}")
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
     try:
         if source.kind == "nifti":
-            arr, meta = _read_nifti(source.path)
+            arr, meta = _read_nifti(source.path, limit)
         elif source.kind == "dicom-series":
-            arr, meta = _read_dicom_series(source.path, source.series_uid)
+            arr, meta = _read_dicom_series(source.path, source.series_uid, limit, uneven_slices)
         else:
-            arr, meta = _read_sitk(source.path)
+            arr, meta = _read_sitk(source.path, limit)
     except ReadError:
         raise
     except (OSError, EOFError, RuntimeError, ValueError, MemoryError) as err:
         raise ReadError(f"{source.path}: cannot be read as an image ({_short(err)})") from None
     if arr.size == 0 or 0 in arr.shape:
         raise ReadError(f"{source.path}: the image has a zero-length axis (shape {arr.shape})")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ReadError(f"{source.path}: {int(bad.sum())} voxel(s) are NaN or Inf")
+    bad = _count_non_finite(arr)
+    if bad:
+        raise ReadError(f"{source.path}: {bad} voxel(s) are NaN or Inf")
     if modality != "auto":
         meta = meta.replace(modality=modality)
     elif meta.modality == "OT":
@@ -149,25 +196,56 @@ def _short(err: BaseException) -> str:
     return text[:160] or type(err).__name__
 
 
+def _count_non_finite(arr: np.ndarray, block: int = 1 << 24) -> int:
+    """NaN and Inf voxels, counted a block at a time (no image-sized temporary)."""
+    flat = arr.ravel(order="K")  # a view of a C- or F-contiguous array
+    return sum(int(np.count_nonzero(~np.isfinite(flat[i:i + block]))) for i in range(0, flat.size, block))
+
+
 def _guess_modality(arr: np.ndarray) -> str:
-    """CT when values look like HU (air near -1000), else MR (documented: force with --modality)."""
-    lo = float(np.percentile(arr, 1))
+    """CT when values look like HU (air near -1000), else MR (documented: force with --modality).
+
+    The percentile is taken over an even subsample of at most ~2 million voxels, so a large
+    image is not copied for sorting.
+    """
+    flat = arr.ravel(order="K")
+    lo = float(np.percentile(flat[:: max(1, flat.size // 2_000_000)], 1))
     return "CT" if -1100 <= lo <= -900 else "MR"
 
 
-def _read_nifti(path: str) -> tuple[np.ndarray, ImageMeta]:
+def check_size(path: str, shape, limit: int, components: int = 1) -> None:
+    """Refuse an image whose decoded float32 array would exceed ``limit`` bytes (from its header)."""
+    shape = tuple(int(n) for n in shape)
+    need = DECODED_ITEMSIZE * max(int(components), 1) * int(np.prod(shape, dtype=object))
+    if need > limit:
+        raise ReadError(f"{path}: the header declares a {'x'.join(map(str, shape))} image, {_bytes(need)} once decoded, "
+                        f"above the {_bytes(limit)} limit; raise input.max_gib if the image is genuine")
+
+
+def _bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _read_nifti(path: str, limit: int) -> tuple[np.ndarray, ImageMeta]:
     import nibabel as nib
 
     try:
-        img = nib.load(path)
-        arr = np.asarray(img.get_fdata(dtype=np.float32))
+        img = nib.load(path)  # reads the header only; the voxels are decoded by get_fdata
     except Exception as err:  # nibabel raises many types for corrupt/truncated files
+        raise ReadError(f"{path}: cannot be read as NIfTI ({_short(err)})") from None
+    check_size(path, img.shape, limit)
+    try:
+        arr = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as err:
         raise ReadError(f"{path}: cannot be read as NIfTI ({_short(err)})") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if arr.ndim == 2:
-        pass  # a 2D NIfTI keeps its 3D affine (k = 0)
+    affine = np.asarray(img.affine, dtype=np.float64)  # a 2D NIfTI keeps its 3D affine (k = 0)
     return arr, ImageMeta(affine=affine, source=str(path))
 
 
@@ -193,37 +271,45 @@ def _array_from_sitk(img) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(tuple(range(arr.ndim))[::-1]))  # (z,y,x) -> (x,y,z)
 
 
-def _dicom_tags(reader) -> dict[str, str]:
-    keys = {"0008|0060": "Modality", "0010|0020": "PatientID", "0020|000e": "SeriesInstanceUID",
-            "0028|0004": "PhotometricInterpretation", "0008|103e": "SeriesDescription"}
-    return {name: reader.GetMetaData(tag).strip() for tag, name in keys.items() if reader.HasMetaDataKey(tag)}
-
-
 def _meta_from_sitk(img, path: str, tags: dict[str, str]) -> ImageMeta:
     attrs = {}
     modality = MODALITY_CODES.get(tags.get("Modality", "").upper(), "OT")
     if tags.get("SeriesInstanceUID"):
         attrs["series_uid"] = tags["SeriesInstanceUID"]
-    if tags.get("PatientID"):
-        attrs["patient_id"] = tags["PatientID"]
     if tags.get("PhotometricInterpretation") == "MONOCHROME1":
         attrs["photometric"] = "MONOCHROME1-inverted"
-    return ImageMeta(affine=_geometry_from_sitk(img), modality=modality, source=str(path), attrs=attrs)
+    affine = _geometry_from_sitk(img)
+    letters = orientation_from_letters(tags.get("PatientOrientation", ""))
+    if letters is not None and not tags.get("ImageOrientationPatient"):
+        # a radiograph: PatientOrientation gives the directions along a row and down a column
+        row, col = letters
+        lps = np.linalg.inv(LPS_TO_RAS) @ affine
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        lps[:3, :3] = np.stack([row, col, np.cross(row, col)], axis=1) * spacing[None, :]
+        affine = LPS_TO_RAS @ lps
+    return ImageMeta(affine=affine, modality=modality, source=str(path), attrs=attrs, dicom=tags or None)
 
 
-def _read_sitk(path: str) -> tuple[np.ndarray, ImageMeta]:
+def _read_sitk(path: str, limit: int) -> tuple[np.ndarray, ImageMeta]:
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+    except RuntimeError as err:
+        reason = describe_non_image(path) if is_dicom_file(path) else None
+        if reason:
+            raise ReadError(f"{path}: {reason}; remove it from the inputs") from None
+        raise ReadError(f"{path}: cannot be read as an image ({_short(err)})") from None
+    check_size(path, reader.GetSize(), limit, reader.GetNumberOfComponents())
+    if reader.GetDimension() == 4:
+        raise ReadError(f"{path}: 4D images are not supported (size {reader.GetSize()}); split the 4th axis first")
+    try:
         img = reader.Execute()
     except RuntimeError as err:
         raise ReadError(f"{path}: cannot be read as an image ({_short(err)})") from None
-    tags = _dicom_tags(reader) if reader.HasMetaDataKey("0008|0060") else {}
-    if img.GetDimension() == 4:
-        raise ReadError(f"{path}: 4D images are not supported (size {img.GetSize()}); split the 4th axis first")
+    tags = source_tags(reader) if reader.HasMetaDataKey("0008|0060") else {}
     arr = _array_from_sitk(img)
     meta = _meta_from_sitk(img, path, tags)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -231,28 +317,50 @@ def _read_sitk(path: str) -> tuple[np.ndarray, ImageMeta]:
     return arr, meta
 
 
-def _read_dicom_series(directory: str, uid: str) -> tuple[np.ndarray, ImageMeta]:
+def _read_dicom_series(directory: str, uid: str, limit: int, uneven: str) -> tuple[np.ndarray, ImageMeta]:
     import SimpleITK as sitk
 
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
     if not files:
         raise ReadError(f"{directory}: DICOM series {uid} has no readable files")
+    try:
+        headers = read_headers(list(files))
+        plan = plan_series(headers)
+    except SeriesError as err:
+        raise ReadError(f"{directory}: DICOM series {uid} cannot be read as one volume: {err}") from None
+    columns, rows = headers[0].size[:2]
+    slices = sum(int(np.prod(h.size[2:], dtype=np.int64)) for h in headers)  # frames of every file
+    check_size(f"{directory} (DICOM series {uid})", (columns, rows, slices), limit, headers[0].components)
+    if plan.gaps and uneven == "error":
+        raise ReadError(f"{directory}: DICOM series {uid} has uneven slice positions: {plan.describe_gaps()} "
+                        f"(a missing slice?); set input.uneven_slices to resample to interpolate onto a regular "
+                        f"{plan.spacing:.4g} mm grid")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.SetFileNames(plan.files)
     reader.LoadPrivateTagsOff()
     try:
         img = reader.Execute()
     except RuntimeError as err:
         raise ReadError(f"{directory}: DICOM series {uid} cannot be read ({_short(err)})") from None
     head = sitk.ImageFileReader()
-    head.SetFileName(files[0])
+    head.SetFileName(plan.files[0])
     head.ReadImageInformation()
     arr = _array_from_sitk(img)
+    meta = _meta_from_sitk(img, directory, source_tags(head))
+    attrs = {"dicom_files": len(plan.files)}
+    if plan.spacing is not None:  # the slice axis from the positions, not ITK's first-to-last average
+        affine = meta.affine.copy()
+        affine[:3, 2] = (LPS_TO_RAS[:3, :3] @ plan.normal) * plan.spacing
+        meta = meta.with_affine(affine)
+    if plan.gaps:
+        arr, made = regular_grid(arr, plan.positions, plan.spacing)
+        made_text = f"{made} slice{'' if made == 1 else 's'} interpolated"
+        log.warning("%s: DICOM series %s: %s; resampled onto a regular %.4g mm grid (%s)",
+                    directory, uid, plan.describe_gaps(), plan.spacing, made_text)
+        attrs["uneven_slices"] = f"resampled onto a {plan.spacing:.4g} mm grid; {made_text}"
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]  # a one-slice series is a 2D item, like a single DICOM file
-    meta = _meta_from_sitk(img, directory, _dicom_tags(head))
-    return arr, meta.replace(attrs={"dicom_files": len(files)})
+    return arr, meta.replace(attrs=attrs)
 
 
 def list_inputs_text(sources: list[Source]) -> str:

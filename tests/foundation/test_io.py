@@ -149,3 +149,32 @@ def test_nifti_and_sitk_writers_keep_geometry_and_units(tmp_path):
     np.testing.assert_allclose(m2.affine, OBLIQUE, atol=1e-4)
     np.testing.assert_allclose(back, mapping.to_physical(stored), atol=1e-2)
     assert sitk.ReadImage(str(tmp_path / "x.nrrd")).GetSize() == (6, 5, 4)
+
+
+def test_source_dicom_attributes_round_trip_through_the_store(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    pytest.importorskip("pydicom")
+    arr, meta = read_source(Source(get_testdata_file("CT_small.dcm"), "sitk"))
+    assert meta.dicom["PatientID"] == "1CT1" and meta.dicom["Modality"] == "CT" and "StudyInstanceUID" in meta.dicom
+    assert ImageMeta.from_attrs(meta.to_attrs()).dicom == meta.dicom
+    assert ImageMeta.from_attrs(ImageMeta().to_attrs()).dicom is None and "dicom" not in ImageMeta().to_attrs()
+    store = Store.create(store_path(tmp_path / "prep"))
+    store.write("ct", arr, meta, split="train")
+    _, back = Store.open(store_path(tmp_path / "prep")).read_item("ct")
+    assert back.dicom == meta.dicom and back.replace(subject="x").dicom == meta.dicom
+
+
+def test_radiograph_geometry_comes_from_patient_orientation(real_data):
+    arr, meta = read_source(Source(str(real_data("RG3_UNCR.dcm")), "sitk"))  # PatientOrientation R\F, no IOP
+    assert meta.dicom["PatientOrientation"] == "R\\F" and "ImageOrientationPatient" not in meta.dicom
+    # i (along a row) runs to the patient's right (+x in RAS), j (down a column) to the feet (-z)
+    np.testing.assert_allclose(meta.affine[:3, :3], [[1, 0, 0], [0, 0, 1], [0, -1, 0]], atol=1e-12)
+
+
+def test_non_finite_voxels_are_counted_block_by_block():
+    from medgen_cli.io.readers import _count_non_finite
+
+    arr = np.asfortranarray(np.zeros((5, 6, 7), np.float32))  # NIfTI arrays come in Fortran order
+    arr[1, 2, 3], arr[4, 5, 6] = np.nan, np.inf
+    assert _count_non_finite(arr, block=8) == 2 and _count_non_finite(arr[:, ::2], block=8) == 1
