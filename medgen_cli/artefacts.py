@@ -1,8 +1,11 @@
-"""The artefact directory contract (DESIGN.md): manifest model, atomic creation, require, lineage.
+"""The artefact contract (DESIGN.md): manifest model, atomic creation, require, lineage.
 
 Every step writes one directory holding ``manifest.json`` + ``settings.yaml`` + its payload. The
 step works in ``OUT.partial/`` and renames it to ``OUT`` only when done, so a crash never leaves a
-directory that looks complete; an interrupted ``OUT.partial/`` is resumed when the settings match.
+directory that looks complete; an interrupted ``OUT.partial/`` is resumed when the settings and the
+inputs match. Nothing a user has is ever lost: medgen deletes or reuses only what it made (a partial
+carries the ``.medgen-partial`` mark, an artefact a medgen manifest listing its files), an output may
+not be, lie inside or contain an input, and one process at a time writes an output (``OUT.lock``).
 """
 
 from __future__ import annotations
@@ -10,19 +13,27 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .errors import UsageError
+from .errors import StepFailed, UsageError
+from .safety import LockError, OutputLock, normal_path as _normal, raw_paths as _raw_paths, relation as _relation
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SETTINGS_FILE = "settings.yaml"
+MARKER = ".medgen-partial"  # written into every OUT.partial medgen creates; nothing without it is touched
+OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # file-browser caches, not user content
 
 Kind = Literal["preprocessed", "autoencoder", "latents", "prior", "samples", "evaluation", "export"]
 KIND_MAKERS = {
@@ -53,12 +64,16 @@ class Manifest(BaseModel):
     kind: Kind
     schema_version: int = SCHEMA_VERSION
     medgen_version: str = __version__
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = Field(default_factory=lambda: _now())
     status: Literal["running", "complete"] = "running"
     settings: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputRef] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)
     summary: dict[str, Any] = Field(default_factory=dict, description="Step-specific facts (item counts, splits, metrics).")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -84,7 +99,7 @@ def require(path: Path | str, kind: Kind | tuple[Kind, ...]) -> Manifest:
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     wanted = " or ".join(kinds)
-    if not path.exists() and Path(f"{path}.partial").exists():
+    if not path.exists() and (Path(f"{path}.partial") / MARKER).is_file():
         raise ArtefactError(f"{path} is unfinished (only {path}.partial exists); re-run the step that makes it to resume.")
     manifest = read_manifest(path)
     if manifest.schema_version > SCHEMA_VERSION:
@@ -107,20 +122,39 @@ def input_ref(path: Path | str, role: str, kind: Kind | tuple[Kind, ...]) -> Inp
     return InputRef(role=role, path=str(Path(path).resolve()), kind=manifest.kind, sha256=manifest_sha256(path))
 
 
-def lineage(path: Path | str, _depth: int = 0) -> dict[str, Any]:
-    """The artefact and its inputs, recursively: ``{path, kind, status, inputs: [...]}``."""
+MAX_LINEAGE_DEPTH, MAX_LINEAGE_NODES = 20, 500
+
+
+def lineage(path: Path | str, _ancestors: tuple[str, ...] = (), _budget: list[int] | None = None) -> dict[str, Any]:
+    """The artefact and its inputs, recursively: ``{path, kind, status, inputs: [...]}``.
+
+    Finite whatever the manifests say: an input that is one of its own ancestors (a manifest pointing at
+    itself, or a loop of two) becomes ``{"path", "cycle": True, "inputs": []}``, and a tree deeper than
+    ``MAX_LINEAGE_DEPTH`` or larger than ``MAX_LINEAGE_NODES`` ends in ``{"path", "truncated": True}``.
+    """
     path = Path(path)
+    budget = [MAX_LINEAGE_NODES] if _budget is None else _budget
     try:
         manifest = read_manifest(path)
     except ArtefactError as err:
         return {"path": str(path), "error": str(err), "inputs": []}
     node: dict[str, Any] = {"path": str(path), "kind": manifest.kind, "status": manifest.status, "created": manifest.created}
+    chain = (*_ancestors, _normal(path))
     children = []
     for ref in manifest.inputs:
-        child = lineage(ref.path, _depth + 1) if _depth < 20 else {"path": ref.path, "inputs": []}
+        budget[0] -= 1
+        if _normal(ref.path) in chain:
+            child = {"path": ref.path, "kind": ref.kind, "cycle": True, "inputs": []}
+        elif len(chain) > MAX_LINEAGE_DEPTH or budget[0] < 0:
+            child = {"path": ref.path, "kind": ref.kind, "truncated": True, "inputs": []}
+        else:
+            child = lineage(ref.path, chain, budget)
         child["role"] = ref.role
-        if "error" not in child and manifest_sha256(ref.path) != ref.sha256:
-            child["changed"] = True  # the input was re-made after this artefact read it
+        try:
+            if "error" not in child and manifest_sha256(ref.path) != ref.sha256:
+                child["changed"] = True  # the input was re-made after this artefact read it
+        except OSError:
+            pass
         children.append(child)
     node["inputs"] = children
     return node
@@ -129,16 +163,16 @@ def lineage(path: Path | str, _depth: int = 0) -> dict[str, Any]:
 def find_upstream(path: Path | str, kind: Kind, role: str | None = None) -> Path:
     """Follow ``inputs`` from ``path`` until an artefact of ``kind`` (e.g. prior -> latents -> autoencoder)."""
     path = Path(path)
-    seen: set[str] = set()
+    seen: set[str] = {_normal(path)}  # each artefact once, the start included: loops end
     frontier = [path]
     while frontier:
         current = frontier.pop(0)
         manifest = require(current, manifest_kind(current))
-        if manifest.kind == kind and current != path:
+        if manifest.kind == kind and current is not path:
             return current
         for ref in manifest.inputs:
-            if ref.path not in seen and (role is None or ref.role == role or ref.kind != kind):
-                seen.add(ref.path)
+            if _normal(ref.path) not in seen and (role is None or ref.role == role or ref.kind != kind):
+                seen.add(_normal(ref.path))
                 frontier.append(Path(ref.path))
     raise ArtefactError(f"no {kind} artefact found in the lineage of {path}.")
 
@@ -147,102 +181,239 @@ def manifest_kind(path: Path | str) -> Kind:
     return read_manifest(path).kind
 
 
+# ---------------------------------------------------------------------------- outputs beside inputs
+def _upstream(refs: Sequence[InputRef]) -> list[tuple[str, str]]:
+    """(path, the direct input it was reached through) of every input artefact and, best effort, its own inputs."""
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    frontier = [(ref.path, ref.path) for ref in refs]
+    while frontier:
+        path, via = frontier.pop(0)
+        if _normal(path) in seen:
+            continue
+        seen.add(_normal(path))
+        found.append((path, via))
+        try:
+            frontier += [(ref.path, via) for ref in read_manifest(path).inputs]
+        except (ArtefactError, OSError):
+            pass  # a moved or damaged upstream artefact: nothing more to protect through it
+    return found
+
+
 # ------------------------------------------------------------------------------------------ writing
 def _atomic_write_text(file: Path, text: str) -> None:
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, file)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     _atomic_write_text(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
 
 
-class ArtefactWriter:
-    """Create an artefact atomically.
 
-    ``open()`` prepares ``OUT.partial/`` (fresh, or resumed when it holds the same settings) and
-    writes a ``running`` manifest; ``commit()`` marks it complete and renames it to ``OUT``.
+
+class ArtefactWriter:
+    """Create an artefact atomically, never touching what medgen did not make.
+
+    ``open()`` refuses an output that is, lies inside or contains an input, takes ``OUT.lock`` (one writer
+    per output), prepares ``OUT.partial/`` (fresh with the ``.medgen-partial`` mark, or resumed when it
+    holds the same settings and inputs) and writes a ``running`` manifest; ``commit()`` marks it complete,
+    renames it to ``OUT`` and releases the lock; ``close()`` (or leaving a ``with`` block) releases the
+    lock and keeps ``OUT.partial/`` for a later resume.
 
     Args:
         out: final directory.
         kind: artefact kind.
         settings: resolved settings (JSON-able dict), recorded in the manifest and settings.yaml.
         inputs: references to the artefacts read.
-        overwrite: replace an existing ``OUT`` (only when it is a medgen artefact or empty) and
-            discard a ``OUT.partial`` with other settings.
-        resume: continue an interrupted ``OUT.partial`` with the same settings.
+        overwrite: replace an existing ``OUT`` (only a medgen artefact holding nothing but its own files,
+            or an empty directory) and discard a medgen ``OUT.partial`` with other settings or inputs.
+        resume: continue an interrupted ``OUT.partial`` with the same settings and unchanged inputs.
+        raw_inputs: raw files, directories or glob patterns read (preprocess); like ``inputs``, the
+            output may not be, lie inside or contain one.
+        shard: (index, count) of a ``preprocess --shard`` run: shards share ``OUT.partial``, each with
+            its own lock.
     """
 
     def __init__(self, out: Path | str, kind: Kind, settings: dict[str, Any], inputs: list[InputRef] | None = None,
-                 overwrite: bool = False, resume: bool = True):
+                 overwrite: bool = False, resume: bool = True, raw_inputs: Sequence[str | Path] = (),
+                 shard: tuple[int, int] = (0, 1)):
         self.out = Path(out)
-        self.partial = Path(f"{self.out}.partial")
+        absolute = Path(os.path.abspath(self.out))
+        where = Path(os.path.realpath(absolute.parent)) / absolute.name  # one lock whatever path names the parent
+        self.partial = Path(f"{where}.partial")
         self.kind = kind
         self.settings = settings
         self.inputs = inputs or []
+        self.raw_inputs = list(raw_inputs)
         self.overwrite = overwrite
         self.resume = resume
         self.resumed = False
+        self.lock = OutputLock(where, shard)
+
+    def __enter__(self) -> "ArtefactWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock; an uncommitted ``OUT.partial`` stays for a later resume."""
+        self.lock.release()
+
+    def check_inputs(self) -> None:
+        """Refuse an output that is, lies inside or contains an input (a raw path, an input artefact or its upstream)."""
+        sources = [(p, None) for p in _raw_paths(self.raw_inputs)] + _upstream(self.inputs)
+        for target in (self.out, self.partial):
+            where = _normal(target)
+            for path, via in sources:
+                relation = _relation(where, _normal(path))
+                if relation is None:
+                    continue
+                what = f"the input {path}" if via in (None, path) else f"{path}, which the input {via} was made from"
+                raise ArtefactError(f"the output {target} {relation} {what}; writing there would destroy it, so choose "
+                                    "an output directory that neither is, lies inside nor contains an input.")
 
     def check_out(self) -> None:
-        """Refuse to touch what the user already has unless ``overwrite``."""
-        if self.out.exists():
-            is_artefact = (self.out / MANIFEST).is_file()
-            empty = self.out.is_dir() and not any(self.out.iterdir())
-            if not (is_artefact or empty):
-                raise ArtefactError(f"{self.out} exists and is not a medgen artefact; choose another output directory.")
-            if is_artefact and not self.overwrite:
-                raise ArtefactError(f"{self.out} already exists; pass --overwrite to replace it or choose another output directory.")
+        """Refuse to touch what the user already has: only an empty directory, or with ``overwrite`` a medgen
+        artefact holding nothing but the files its manifest lists, is replaced."""
+        out = self.out
+        if not os.path.lexists(out) or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+            return
+        try:
+            manifest = read_manifest(out) if out.is_dir() else None
+        except ArtefactError:
+            manifest = None  # a manifest.json of some other tool
+        if manifest is None:
+            raise ArtefactError(f"{out} exists and is not a medgen artefact; choose another output directory.")
+        if not self.overwrite:
+            raise ArtefactError(f"{out} already exists; pass --overwrite to replace it or choose another output directory.")
+        foreign = sorted(set(os.listdir(out)) - set(manifest.files) - {MANIFEST, MARKER} - OS_LITTER)
+        if foreign:
+            raise ArtefactError(f"{out} holds files medgen did not write ({', '.join(foreign[:5])}), which --overwrite "
+                                "never deletes; move them out of it or choose another output directory.")
 
     def open(self) -> Path:
-        self.check_out()
-        if self.partial.exists():
-            old = None
-            try:
-                old = read_manifest(self.partial)
-            except ArtefactError:
-                pass
-            same = old is not None and old.kind == self.kind and old.settings == self.settings
-            if same and self.resume:
-                self.resumed = True
-            elif self.overwrite or old is None:
-                shutil.rmtree(self.partial)
-            else:
-                raise ArtefactError(
-                    f"{self.partial} holds an interrupted run with different settings; "
-                    "pass --overwrite to discard it, or re-run with the settings it was started with."
-                    if not same else
-                    f"{self.partial} holds an interrupted run; pass --resume to continue it or --overwrite to discard it."
-                )
-        self.partial.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(kind=self.kind, settings=self.settings, inputs=self.inputs)
-        if self.resumed:
-            manifest = read_manifest(self.partial)
-        else:
-            write_manifest(self.partial, manifest)
-        _atomic_write_text(self.partial / SETTINGS_FILE, _settings_yaml(self.settings))
+        self.check_inputs()
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire(self)
+        except LockError as err:
+            raise ArtefactError(str(err)) from None
+        try:
+            self.check_out()
+            if os.path.lexists(self.partial):
+                self._reuse_or_discard()
+            if not self.resumed:
+                self._create_partial()
+            _atomic_write_text(self.partial / SETTINGS_FILE, _settings_yaml(self.settings))
+        except BaseException:
+            self.close()
+            raise
         return self.partial
+
+    def _reuse_or_discard(self) -> None:
+        """Resume, discard or refuse the existing ``OUT.partial`` (only ever one that medgen marked as its own)."""
+        partial = self.partial
+        ours = partial.is_dir() and not partial.is_symlink() and (partial / MARKER).is_file()
+        if not ours:
+            if partial.is_dir() and not partial.is_symlink() and not any(partial.iterdir()):
+                partial.rmdir()  # an empty directory: nothing to lose
+                return
+            raise ArtefactError(f"{partial} was not created by medgen (it has no {MARKER} mark), so medgen will not "
+                                "delete, reuse or resume it; move it away (delete it yourself if it is an interrupted "
+                                "run of an older medgen) or choose another output directory.")
+        try:
+            old = read_manifest(partial)
+        except ArtefactError:
+            old = None
+        same = old is not None and old.kind == self.kind and old.settings == self.settings
+        changed = self._changed_input(old) if same else None
+        if same and self.resume and changed is None:
+            self.resumed = True
+        elif same and self.resume and not self.overwrite:
+            raise ArtefactError(f"the input {changed.path} ({changed.role}) changed after {partial} was started from "
+                                "it, so the run cannot be resumed; pass --overwrite to start again.")
+        elif self.overwrite or old is None:
+            shutil.rmtree(partial)
+        else:
+            raise ArtefactError(
+                f"{partial} holds an interrupted run with different settings; "
+                "pass --overwrite to discard it, or re-run with the settings it was started with."
+                if not same else
+                f"{partial} holds an interrupted run; pass --resume to continue it or --overwrite to discard it."
+            )
+
+    def _changed_input(self, old: Manifest) -> InputRef | None:
+        """An input re-made since the interrupted run read it (matched by role and path), if any."""
+        recorded = {(ref.role, _normal(ref.path)): ref.sha256 for ref in old.inputs}
+        for ref in self.inputs:
+            sha = recorded.get((ref.role, _normal(ref.path)))
+            if sha is not None and sha != ref.sha256:
+                return ref
+        return None
+
+    def _create_partial(self) -> None:
+        """Make ``OUT.partial`` with its mark and running manifest in one rename, so it is never unmarked."""
+        tmp = self.partial.with_name(f"{self.partial.name}.new-{uuid.uuid4().hex[:12]}")
+        os.mkdir(tmp)
+        try:
+            mark = {"created_by": "medgen", "medgen_version": __version__, "kind": self.kind, "created": _now(),
+                    "pid": os.getpid(), "host": socket.gethostname()}
+            (tmp / MARKER).write_text(json.dumps(mark) + "\n")
+            write_manifest(tmp, Manifest(kind=self.kind, settings=self.settings, inputs=self.inputs))
+            os.rename(tmp, self.partial)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (self.partial / MARKER).is_file():
+                raise
+            self._reuse_or_discard()  # another shard made it first
+            if not self.resumed:
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def commit(self, summary: dict[str, Any] | None = None) -> Path:
         """Mark the artefact complete and move it into place."""
+        self._hold_lock()
         manifest = read_manifest(self.partial)
-        files = sorted(
-            str(p.relative_to(self.partial)) for p in self.partial.iterdir() if p.name not in (MANIFEST,)
-        )
+        files = sorted(p.name for p in self.partial.iterdir() if p.name not in (MANIFEST, MARKER))
         manifest = manifest.model_copy(update={"status": "complete", "files": files, "summary": summary or {},
                                                "medgen_version": __version__})
         write_manifest(self.partial, manifest)
-        if self.out.exists():
-            self.check_out()  # still only a medgen artefact or an empty directory
-            trash = Path(f"{self.out}.old-{os.getpid()}")
-            os.replace(self.out, trash)
-            os.replace(self.partial, self.out)
+        if os.path.lexists(self.out):
+            self.check_out()  # still only a medgen artefact holding its own files, or an empty directory
+            trash = self.out.parent / f"{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.mkdir(trash)  # made here, so never a directory of the user's
+            os.replace(self.out, trash / self.out.name)
+            try:
+                os.replace(self.partial, self.out)
+            except OSError:
+                os.replace(trash / self.out.name, self.out)  # put the old artefact back
+                trash.rmdir()
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.partial, self.out)
+        (self.out / MARKER).unlink(missing_ok=True)
+        self.close()
         return self.out
+
+    def _hold_lock(self) -> None:
+        """Before committing: the lock must still be this writer's (taken again if someone deleted it)."""
+        if self.lock.held():
+            return
+        try:
+            self.lock.acquire(self)
+            log.warning("%s was removed while this run was writing %s; took it again", self.lock.path, self.out)
+        except LockError as err:
+            raise StepFailed(f"{self.out} was locked by another run while this one was writing ({err}); nothing was "
+                             f"committed and {self.partial} is kept.") from None
 
 
 def _settings_yaml(settings: dict[str, Any]) -> str:
