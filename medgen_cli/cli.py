@@ -18,10 +18,12 @@ from typing import Any, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from . import __version__
-from .errors import MedgenError, StepFailed, UsageError
+from .errors import MedgenError, StepFailed, UsageError, os_error_sentence
 from .settings import load_settings
 
 app = typer.Typer(
@@ -72,7 +74,11 @@ _state: dict[str, bool] = {"verbose": False, "quiet": False}
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """Turn known errors into one red sentence and an exit code (a traceback only with -v)."""
+    """Turn every error into one red sentence and the README's exit code (a traceback only with -v).
+
+    UsageError (settings, flags, input artefacts) -> 2; StepFailed, OS errors (a full disk, a
+    permission), memory and anything unexpected -> 1.
+    """
     try:
         yield
     except typer.Exit:
@@ -81,14 +87,33 @@ def handled() -> Iterator[None]:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume (training steps need --resume)", EXIT_FAILED)
+    except OSError as err:
+        _debug_traceback()
+        _fail(os_error_sentence(err), EXIT_FAILED)
+    except MemoryError:
+        _debug_traceback()
+        _fail("out of memory; lower the batch size (or data.patch_size) or free memory, then run the same command again",
+              EXIT_FAILED)
     except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback unless -v
-        if _state["verbose"]:
-            console.print_exception()
+        _debug_traceback()
         _fail(f"{type(err).__name__}: {err} (re-run with -v for the traceback)", EXIT_FAILED)
 
 
+def _debug_traceback() -> None:
+    if _state["verbose"]:
+        console.print_exception()
+
+
+MAX_MESSAGE = 2000  # characters of an error message printed (a message quoting a huge value stays readable)
+
+
 def _fail(message: str, code: int) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    message = " ".join(str(message).split())
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    text = Text("error: ", style="bold red")
+    text.append(message)  # plain text: a bracket in a path or value is never read as rich markup
+    console.print(text, highlight=False, soft_wrap=True)  # no newlines inside paths: they stay copyable
     raise typer.Exit(code)
 
 
@@ -98,7 +123,7 @@ def progress_bar(description: str) -> Iterator[Any]:
     if _state["quiet"]:
         yield lambda done, total, text="": None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[text]}"),
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[text]}", markup=False),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task(description, total=None, text="")
 
@@ -128,7 +153,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise UsageError(f"--shard {text!r} must look like I/N, e.g. 0/4") from None
+        raise UsageError(f"--shard {text[:40]!r} must look like I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--shard {text!r} needs 0 <= I < N (shards are numbered from 0), e.g. 0/4 ... 3/4")
     return i, n
 
 
@@ -179,13 +206,13 @@ def preprocess_cmd(
             result = preprocess.run(settings, out, overwrite=overwrite, shard=shard_index, strict=strict,
                                     progress=update)
         if not result.committed:
-            console.print(f"shard {shard} done; {out} is committed when the last shard finishes.")
+            console.print(f"shard {escape(shard)} done; {escape(str(out))} is committed when the last shard finishes.")
             return
         counts = ", ".join(f"{n}: {c} items" for n, c in result.items.items())
-        console.print(f"[green]wrote[/] {out} ({counts})" + (f", {result.skipped} inputs resumed" if result.skipped else ""))
+        console.print(f"[green]wrote[/] {escape(str(out))} ({counts})" + (f", {result.skipped} inputs resumed" if result.skipped else ""))
         if result.failed:
             for path, reason in result.failed:
-                console.print(f"[red]failed[/] {reason if path in reason else f'{path}: {reason}'}", highlight=False)
+                console.print(f"[red]failed[/] {escape(reason if path in reason else f'{path}: {reason}')}", highlight=False)
             raise StepFailed(f"{len(result.failed)} input(s) failed; the other items were written")
 
 
@@ -224,7 +251,7 @@ def train_ae_cmd(
             best = (f", best validation SSIM {s['best_ssim']:.3f} at step {s['best_step']}"
                     if s.get("best_ssim") is not None else "")
             last = f", last SSIM {val['ssim']:.3f}, PSNR {val['psnr']:.1f} dB" if "ssim" in val else ""
-            console.print(f"[green]wrote[/] {out} ({s['kind']}, {s['steps']} steps{best}{last}; "
+            console.print(f"[green]wrote[/] {escape(str(out))} ({s['kind']}, {s['steps']} steps{best}{last}; "
                           f"weights from step {s['selected_step']})")
 
 
@@ -259,7 +286,7 @@ def encode_latents_cmd(
         what = (f"grids of {s['num_embeddings']} codes" if s["is_vq"]
                 else f"{s['latent_channels']}-channel latents x {s['latent_scale']:.4g}")
         resumed = f", {result.skipped} resumed" if result.skipped else ""
-        console.print(f"[green]wrote[/] {out} ({s['items']} items: {s['ae_kind']} {what}, grid {s['grid_shape']}{resumed})")
+        console.print(f"[green]wrote[/] {escape(str(out))} ({s['items']} items: {s['ae_kind']} {what}, grid {s['grid_shape']}{resumed})")
 
 
 # ------------------------------------------------------------------------------------ train-prior
@@ -301,7 +328,7 @@ def train_prior_cmd(
                     if s.get("best_loss") is not None else "")
             bits = f", {val['bits_per_token']:.3f} bits/token" if "bits_per_token" in val else ""
             what = "latents" if s["kind"] == "diffusion" else "codes"
-            console.print(f"[green]wrote[/] {out} ({s['kind']} over {s['grid_shape']} {what}, {s['steps']} steps{best}{bits}; "
+            console.print(f"[green]wrote[/] {escape(str(out))} ({s['kind']} over {s['grid_shape']} {what}, {s['steps']} steps{best}{bits}; "
                           f"weights from step {s['selected_step']})")
 
 
@@ -350,7 +377,7 @@ def sample_cmd(
             result = sample.run(settings, out, overwrite=overwrite, progress=update)
         s = result.summary
         subjects = f" for {len(s['subjects'])} subject(s)" if s["subjects"] else ""
-        console.print(f"[green]wrote[/] {out} ({s['samples']} samples of shape {s['shape']}{subjects}, "
+        console.print(f"[green]wrote[/] {escape(str(out))} ({s['samples']} samples of shape {s['shape']}{subjects}, "
                       f"{s['prior_kind']} prior, {s['strategy']}, seed {s['seed']})")
 
 
@@ -390,8 +417,8 @@ def evaluate_cmd(
         flagged = result.metrics.get("memorisation", {}).get("flagged", 0)
         if flagged:
             console.print(f"[bold yellow]{flagged} sample(s) look like copies of training items[/]; "
-                          f"see {out / 'memorisation.csv'} and {out / 'pictures' / 'memorisation'}")
-        console.print(f"[green]wrote[/] {out}")
+                          f"see {escape(str(out / 'memorisation.csv'))} and {escape(str(out / 'pictures' / 'memorisation'))}")
+        console.print(f"[green]wrote[/] {escape(str(out))}")
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -424,23 +451,24 @@ def export_cmd(
         if "modules" in s:
             _print_table(f"{s['format']} export of {s['source']}", ("module", "file", "max |difference| to PyTorch"),
                          [(m["name"], m["file"], f"{m['max_abs_diff']:.2e}") for m in s["modules"]])
-            console.print(f"[green]wrote[/] {out} (every module within {s['tolerance']:g} of PyTorch)")
+            console.print(f"[green]wrote[/] {escape(str(out))} (every module within {s['tolerance']:g} of PyTorch)")
         else:
             synthetic = f", {s['synthetic']} marked synthetic" if s["synthetic"] else ""
-            console.print(f"[green]wrote[/] {out} ({s['items']} item(s) as {s['format']}{synthetic})")
+            console.print(f"[green]wrote[/] {escape(str(out))} ({s['items']} item(s) as {s['format']}{synthetic})")
 
 
 # ---------------------------------------------------------------------------------------- inspect
-@app.command("inspect", epilog="Example: medgen inspect prep/ --json")
+@app.command("inspect", epilog="Example: medgen inspect prep/ --json ; medgen inspect prep/ --check")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="Any medgen artefact directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    check: bool = typer.Option(False, "--check", help="Read and verify every chunk of every store (exit 1 if one is damaged)."),
 ) -> None:
     """Describe an artefact: kind, status, settings, lineage and, for stores, their contents."""
     from .steps import inspect as inspect_step
 
     with handled():
-        report = inspect_step.run(path)
+        report = inspect_step.run(path, check=check)
         if as_json:
             out_console.print_json(json.dumps(report))
         else:
@@ -478,7 +506,7 @@ def config_validate_cmd(
     """Check a settings file; exit 2 with the bad keys if it is wrong."""
     with handled():
         load_settings(_step_model(step), file, [], {})
-        console.print(f"[green]ok[/] {file} is valid {step} settings")
+        console.print(f"[green]ok[/] {escape(str(file))} is valid {step} settings")
 
 
 def main() -> None:

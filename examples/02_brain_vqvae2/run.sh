@@ -18,6 +18,9 @@
 # memorise the 25 training slices (2 of 16 samples flagged by the memorisation check).
 #
 #   bash examples/02_brain_vqvae2/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
+# Checkpoints: every training validates on the training subject and keeps its last weights (the
+# settings files): with one training subject no validation subject exists, and the held-out subject
+# must never choose weights. It is scored once, after training, by `medgen evaluate`.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-runs/02_brain_vqvae2}"

@@ -23,6 +23,9 @@
 # (top-k) / 0.04 (MaskGIT) on lung2, 0.24 on lung1 (in-sample): two CTs cannot teach X-ray -> CT.
 #
 #   bash examples/03_xray_to_ct/run.sh [OUT]        # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
+# Checkpoints: every training validates on the training subject and keeps its last weights (the
+# settings files): with one training subject no validation subject exists, and the held-out subject
+# must never choose weights. It is scored once, after training, by `medgen evaluate`.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-runs/03_xray_to_ct}"

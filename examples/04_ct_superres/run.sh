@@ -14,6 +14,9 @@
 # Budget on a 2-core CPU: ~6 min autoencoder + ~7.5 min prior + ~1 min sampling and evaluation.
 #
 #   bash examples/04_ct_superres/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
+# Checkpoints: every training validates on the training subject and keeps its last weights (the
+# settings files): with one training subject no validation subject exists, and the held-out subject
+# must never choose weights. It is scored once, after training, by `medgen evaluate`.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-runs/04_ct_superres}"

@@ -34,6 +34,9 @@
 # 0.773 for the KL-VAE's reconstruction (the ceiling): the model does not improve on its input.
 #
 #   bash examples/05_ct_sequences/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
+# Checkpoints: every training validates on the training subject and keeps its last weights (the
+# settings files): with one training subject no validation subject exists, and the held-out subject
+# must never choose weights. It is scored once, after training, by `medgen evaluate`.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-runs/05_ct_sequences}"

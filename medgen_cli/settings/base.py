@@ -3,12 +3,25 @@
 Sources, later wins: model defaults -> ``--config FILE`` (YAML, JSON or TOML) -> ``--set a.b=value``
 (repeatable; the value is parsed as YAML and then typed by the model) -> explicit command-line flags.
 Unknown keys are errors, and every error names the key, the bad value and what is allowed.
+
+Rules every setting follows (tests/foundation/test_settings.py, tests/faults/test_faults_settings.py):
+
+* Files and ``--set`` values are read safely (``sources``): UTF-8 text only, at most
+  ``MAX_FILE_BYTES``, no duplicate keys, and a YAML document whose aliases expand past
+  ``MAX_VALUES`` values ("billion laughs") or refer to themselves is refused before anything walks it.
+* An error shows at most ``MAX_SHOWN`` characters of a value, so a huge value is never echoed.
+* Numbers are finite and integers fit in 64 bits; anything else is an error, not a late crash.
+* An empty value (``--set key=`` or ``key: null``) means none: it sets a field that accepts null to
+  null and is an error for a field that needs a value.
+* List settings: one value given where a list is expected is a list of that one value, and for a
+  per-axis or per-level list (``geometry.spacing``, ``model.num_res_blocks``, ``augment.flip``) it
+  applies to every axis or level. Lists whose *length* is the setting (``PerLevelInts``, e.g.
+  ``model.channels``: one width per level, so the length is the number of levels) refuse a
+  single value: ``channels: 16`` would silently build a one-level network; ``[16]`` says so.
 """
 
 from __future__ import annotations
 
-import json
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -16,20 +29,32 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
 
-from ..errors import UsageError
+from .sources import (  # noqa: F401 - re-exported: the settings machinery's public names
+    MAX_FILE_BYTES,
+    MAX_SHOWN,
+    MAX_VALUES,
+    SettingsError,
+    clip_text,
+    deep_merge,
+    expanded_size,
+    parse_override,
+    read_settings_file,
+    set_path,
+    shown,
+)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class SettingsError(UsageError):
-    """A settings file, ``--set`` override or flag is wrong; the message says which and why."""
+INT64 = 2**63 - 1
 
 
 class Section(BaseModel):
-    """Base of every settings section: unknown keys are errors, assignments are validated."""
+    """Base of every settings section: unknown keys are errors, assignments are validated,
+    numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False,
+                              allow_inf_nan=False)
 
 
 def _csv(value: Any) -> Any:
@@ -44,67 +69,30 @@ def _csv(value: Any) -> Any:
     return value
 
 
+def _per_level(value: Any) -> Any:
+    """Like ``_csv``, but a single value is refused: the list's length is the number of levels."""
+    listed = _csv(value)
+    single = isinstance(value, (int, float)) or (isinstance(value, str) and isinstance(listed, list) and len(listed) == 1)
+    if single:
+        one = listed[0] if isinstance(value, str) else value
+        raise PydanticCustomError(
+            "per_level", "takes one value per level as a list; a single number would silently build a "
+            "one-level network (write [{value}] if that is meant)", {"value": shown(one, 20).strip("'")})
+    return listed
+
+
 IntTuple = Annotated[tuple[int, ...], BeforeValidator(_csv)]
 FloatTuple = Annotated[tuple[float, ...], BeforeValidator(_csv)]
+# a list whose length is the setting (one width per level): a single value is an error, not [value]
+PerLevelInts = Annotated[tuple[int, ...], BeforeValidator(_per_level)]
 
 
-# ----------------------------------------------------------------------------------------- sources
-def read_settings_file(path: Path | str) -> dict[str, Any]:
-    """Read a YAML, JSON or TOML settings file into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise SettingsError(f"settings file {path} does not exist.")
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise SettingsError(f"settings file {path} could not be parsed ({first}).") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"settings file {path} must hold a mapping of keys to values, not {type(data).__name__}.")
-    return data
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise SettingsError(f"--set {text!r} is not of the form key.path=value (e.g. --set optim.lr=3e-4).")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[path[-1]] = value
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+# text where empty means none: "", "  " and null are all stored as None
+OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
 
 
 def load_settings(
@@ -132,10 +120,25 @@ def load_settings(
 
 
 def validate_settings(model: type[M], tree: dict[str, Any]) -> M:
+    _check_integers(tree, ())
     try:
         return model.model_validate(tree)
     except ValidationError as err:
         raise SettingsError(format_validation_error(err, model)) from None
+
+
+def _check_integers(tree: Any, path: tuple[str, ...]) -> None:
+    """Refuse integers beyond 64 bits (they would overflow in torch or numpy much later)."""
+    stack = [(tree, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            stack += [(v, (*where, str(k))) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(v, where) for v in value]
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+            raise SettingsError(f"invalid settings: '{'.'.join(where)}' = {shown(value)}: out of range "
+                                f"(integers must lie within -{INT64:,}..{INT64:,})")
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -171,6 +174,8 @@ def describe_allowed(annotation: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is Annotated:
+        if is_per_level(args[1:]):
+            return f"a list of {_plural(get_args(args[0])[0])}, one per level"
         return describe_allowed(args[0])
     if origin in (typing.Union, types.UnionType):
         parts = [describe_allowed(a) for a in args if a is not type(None)]
@@ -187,19 +192,32 @@ def describe_allowed(annotation: Any) -> str:
     )
 
 
+def is_per_level(metadata: typing.Iterable[Any]) -> bool:
+    """Whether a field's pydantic ``metadata`` (or an Annotated type's extras) marks it ``PerLevelInts``."""
+    return any(getattr(m, "func", None) is _per_level for m in metadata)
+
+
+def _describe_field(info: Any) -> str:
+    """``describe_allowed`` of a field (pydantic keeps an Annotated type's validators in ``metadata``)."""
+    if is_per_level(info.metadata):
+        return f"a list of {_plural(get_args(info.annotation)[0])}, one per level"
+    return describe_allowed(info.annotation)
+
+
 def _plural(annotation: Any) -> str:
     return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(annotation, describe_allowed(annotation))
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
+    """One line per bad key: the key, the value (cut to ``MAX_SHOWN`` characters), why, and what is allowed."""
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # pydantic appends the union member / tuple index to loc; keep only the key path
         key_loc = tuple(p for p in loc if isinstance(p, str) and not p[:1].isupper() and p not in {"int", "float", "str", "bool", "list", "tuple", "literal", "none"})
-        key = ".".join(key_loc)
+        key = clip_text(".".join(key_loc), 100)
         value = e.get("input")
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = clip_text(e["msg"].removeprefix("Value error, "))
         if e["type"] == "extra_forbidden":
             parent = _model_at(model, key_loc[:-1])
             allowed = ", ".join(parent.model_fields) if parent is not None else ""
@@ -210,8 +228,13 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> str
             lines.append(msg)
             continue
         info = _field_at(model, key_loc)
-        allowed = f" (allowed: {describe_allowed(info.annotation)})" if info is not None else ""
-        lines.append(f"'{key}' = {value!r}: {msg}{allowed}")
+        allowed = f" (allowed: {_describe_field(info)})" if info is not None else ""
+        if value is None:
+            lines.append(f"'{key}' is empty, but it needs a value{allowed}")
+            continue
+        if e["type"] == "per_level" and info is not None and info.default:
+            msg = msg.replace("as a list", f"as a list, e.g. {list(info.default)}", 1)
+        lines.append(f"'{key}' = {shown(value)}: {msg}{allowed}")
     # the same key can fail once per union member: keep the first message for each
     seen, unique = set(), []
     for line in lines:

@@ -42,6 +42,7 @@ import torch
 
 from ..artefacts import ArtefactError, ArtefactWriter, find_upstream, input_ref
 from ..errors import UsageError
+from ..io.meta import IntensityMapping
 from ..io.store import Store, store_path
 from ..metrics import diversity, frechet_distance, intensity_distance, mmd_rbf, resolve_data_range
 from ..settings.evaluate import EvaluateSettings
@@ -151,6 +152,27 @@ def metric_plots(directory: Path, rows: list[dict[str, Any]], unit: str) -> list
     return paths
 
 
+PER_ITEM_METHODS = ("percentile", "zscore", "minmax")  # mappings fitted to each image's own values
+
+
+def report_mappings(theirs: IntensityMapping, data: IntensityMapping, theirs_text: str, data_text: str) -> None:
+    """Say, once and in words, how an intensity mapping differs from the data's.
+
+    A mapping fitted per image (MR percentiles, z-scores, min-max) differs between subjects only in
+    its physical end points: that is expected and logged as information. Any other difference (a
+    different window, unit, stored range or transform) is a warning, since the metrics use the data's.
+    """
+    if theirs == data:
+        return
+    same_scale = all(getattr(theirs, f) == getattr(data, f) for f in ("method", "unit", "out_low", "out_high", "clip", "transform"))
+    if same_scale and data.method in PER_ITEM_METHODS:
+        log.info("intensities are mapped per image (%s to [%g, %g]), so their physical end points differ between "
+                 "subjects as expected; each item's metrics use its own mapping.", data.method, data.out_low, data.out_high)
+        return
+    log.warning("%s intensities mapped as %s, but %s %s; the metrics use the data's mapping, so physical-unit "
+                "errors may not be comparable.", theirs_text, theirs.describe(), data_text, data.describe())
+
+
 def _table(section: str, agg: dict[str, dict[str, Any]], unit: str) -> list[tuple[str, str, str]]:
     rows = []
     for name, s in agg.items():
@@ -228,9 +250,9 @@ def _reconstruction(settings, ae, partial, device, result, progress) -> None:
     ids = _split_ids(store, settings.data, split, settings.max_items)
     model, info = load_autoencoder(ae, device)
     mapping = store.meta(ids[0]).intensity
-    if info.get("intensity") and info["intensity"] != mapping.to_dict():
-        log.warning("%s was trained on intensities %s, but %s holds %s; metrics use the data's mapping",
-                    ae, info["intensity"], settings.data, mapping.describe())
+    if info.get("intensity"):
+        report_mappings(IntensityMapping.from_dict(info["intensity"]), mapping, f"the autoencoder {ae} was trained on",
+                        f"{settings.data} holds")
     shown = ep.pick(ids, settings.max_pictures)
     rows, codebook, kept = em.reconstruct_items(model, store, ids, device, settings.batch_size, settings.axis,
                                                 set(shown), progress)
@@ -267,9 +289,7 @@ def _distribution(settings, ae, s_store, s_ids, partial, device, result, progres
     if len(s_ids) < 2 or len(r_ids) < 2:
         raise UsageError(f"distribution metrics need at least 2 samples and 2 real items, got {len(s_ids)} and {len(r_ids)}")
     mapping = r_metas[0].intensity
-    if s_metas[0].intensity != mapping:
-        log.warning("the samples' intensity mapping (%s) differs from the data's (%s); the data's is used",
-                    s_metas[0].intensity.describe(), mapping.describe())
+    report_mappings(s_metas[0].intensity, mapping, "the samples are in", f"{settings.data} holds")
     model, _ = load_autoencoder(ae, device)
     f_s = em.encoder_features(model, samples, device, settings.batch_size)
     f_r = em.encoder_features(model, reals, device, settings.batch_size)

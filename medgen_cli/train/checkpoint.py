@@ -6,6 +6,10 @@ torch, numpy, Python and CUDA (as tensors and lists, never pickled objects), the
 (epoch, batch) and the trainer's counters. It is written to a temporary file and renamed, so a
 crash never leaves a half-written checkpoint under a real name, and it is read with
 ``torch.load(weights_only=True)``: a file holding pickled objects, or a damaged one, is refused.
+
+A save that fails (a full disk shows as torch's "unexpected pos") removes its temporary file and
+raises ``StepFailed`` naming the file and the free space; temporaries of earlier killed runs are
+removed by the next save. ``write_atomic`` does the same for any writer (e.g. ``model.safetensors``).
 """
 
 from __future__ import annotations
@@ -16,18 +20,19 @@ import random
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import StepFailed, UsageError, disk_full, is_disk_full, is_short_write
 
 log = logging.getLogger(__name__)
 
 FORMAT = "medgen-checkpoint"
 VERSION = 1
 _STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 BEST = "best.pt"
 
 
@@ -62,14 +67,64 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------- file level
-def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors and plain values) to ``path`` atomically."""
+def write_atomic(path: Path | str, write: Callable[[Path], Any], what: str = "write") -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    On any failure the temporary file is removed; a full disk (or quota) becomes ``StepFailed``
+    naming ``path`` and the free space left, another OS error a ``StepFailed`` naming the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        full = isinstance(err, Exception) and is_disk_full(err, path.parent)  # measured before the cleanup
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full(path, what, "free some space and run the same command again "
+                            "(training: with --resume)") from None
+        if isinstance(err, (OSError, RuntimeError)):
+            log.debug("writing %s failed: %r", path, err)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            if is_short_write(err):  # torch's "unexpected pos": say what it means
+                reason = "the file system took only part of it: a quota, a file-size limit or an I/O error"
+            raise StepFailed(f"could not {what} {path} ({reason})") from None
+        raise
     return path
+
+
+def remove_stale_temporaries(directory: Path | str) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` files that no running process of this machine is writing."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TEMP_FILE.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        log.debug("removed temporary files of interrupted saves: %s", [p.name for p in removed])
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors and plain values) to ``path`` atomically (see ``write_atomic``)."""
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp), "save checkpoint")
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -137,6 +192,7 @@ class CheckpointManager:
         """Save the checkpoint of ``step`` and prune old ones."""
         if not self.enabled:
             return None
+        remove_stale_temporaries(self.directory)
         path = save_checkpoint(self.path_for(step), state)
         for old in self.steps()[: -self.keep_last]:
             self.path_for(old).unlink(missing_ok=True)

@@ -8,9 +8,11 @@ Medical volumes are oriented by the affine (radiological convention, see
 :mod:`medgen_cli.viz.orientation`); :func:`save_grid` shows the arrays it is given as they are
 (first index down the rows), so orient medical slices with ``display_slice`` first.
 
-Sizes are fixed so a figure stays small and fast: each panel is ``CELL`` inches at ``DPI`` dots
-per inch (128 px), plus ``HEADER`` inches for titles and ``BAR`` for a colour bar; see
-:func:`figure_size`.
+Sizes follow the images: a panel shows its image at one screen pixel per image pixel, at least
+``CELL`` inches at ``DPI`` dots per inch (128 px, small images are enlarged) and at most
+``MAX_PANEL_PX`` (512 px: a large radiograph or CT slice is shown at 512 px on its long side, never
+thumbnailed), plus ``HEADER`` inches for titles and ``BAR`` for a colour bar; text grows with the
+panels. See :func:`panel_inches` and :func:`figure_size`.
 """
 
 from __future__ import annotations
@@ -19,57 +21,75 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.figure import Figure
 
 from .orientation import DisplaySlice, display_plane, display_slice, resolve_axis
 
-CELL = 1.6  # inches per panel
+CELL = 1.6  # inches per panel, at least
 DPI = 80
-HEADER = 0.35  # inches for a figure or column title
-LABEL = 0.3  # inches for row labels
+PAD = 0.04  # inches around each image inside its panel
+MAX_PANEL_PX = 512  # image pixels shown on a panel's long side, at most
+MAX_FIGURE_PX = 32e6  # a figure of many large panels shrinks them to stay below this many pixels
+HEADER = 0.35  # inches for a figure or column title (at CELL; grows with the text)
+LABEL = 0.3  # inches for row labels (idem)
 BAR = 0.6  # inches for a colour bar
 GREY = "gray"
 DIVERGING = "RdBu_r"  # signed errors: blue too low, red too high, white exact
 
 
+def panel_inches(shapes: Sequence[tuple[int, ...]], panels: int = 1) -> float:
+    """Side of a square panel (inches) showing images of ``shapes`` one-to-one, within
+    ``CELL`` .. ``MAX_PANEL_PX`` (and ``MAX_FIGURE_PX`` over ``panels`` panels)."""
+    longest = max((max(shape[:2]) for shape in shapes if len(shape) >= 2), default=0)
+    px = min(float(longest), MAX_PANEL_PX)
+    px = min(px, (MAX_FIGURE_PX / max(panels, 1)) ** 0.5)
+    return max(CELL, (px + 2 * PAD * DPI) / DPI)
+
+
+def text_scale(cell: float = CELL) -> float:
+    """How much larger text is drawn on panels of ``cell`` inches than on ``CELL`` ones (1 .. 2)."""
+    return min(2.0, 1.0 + (cell / CELL - 1.0) / 3.0)
+
+
 def figure_size(nrows: int, ncols: int, headers: int = 0, row_labels: bool = False,
-                colorbar: bool = False) -> tuple[float, float]:
-    """(width, height) in inches of a grid of panels with ``headers`` title lines above it.
+                colorbar: bool = False, cell: float = CELL) -> tuple[float, float]:
+    """(width, height) in inches of a grid of ``cell``-inch panels with ``headers`` title lines above it.
 
     The PNG is that times ``DPI`` pixels.
     """
-    width = ncols * CELL + (LABEL if row_labels else 0.0) + (BAR if colorbar else 0.0)
-    return width, nrows * CELL + headers * HEADER
+    k = text_scale(cell)
+    width = ncols * cell + (LABEL * k if row_labels else 0.0) + (BAR if colorbar else 0.0)
+    return width, nrows * cell + headers * HEADER * k
 
 
-def save_figure(fig: Figure, path: Path | str) -> Path:
-    """Write ``fig`` as a PNG at ``DPI`` (creating the directory) and return the path."""
+def save_figure(fig: Figure, path: Path | str, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a PNG at ``dpi`` (creating the directory) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=dpi, format="png")
     return path
 
 
-def _grid(nrows: int, ncols: int, headers: int, row_labels: bool, colorbar: bool):
+def _grid(nrows: int, ncols: int, headers: int, row_labels: bool, colorbar: bool, cell: float = CELL):
     """A figure with one axes per panel, placed by hand (deterministic, no layout engine)."""
     if nrows < 1 or ncols < 1:
         raise ValueError(f"a grid needs at least one row and column, got {nrows} x {ncols}")
-    width, height = figure_size(nrows, ncols, headers, row_labels, colorbar)
+    width, height = figure_size(nrows, ncols, headers, row_labels, colorbar, cell)
     fig = Figure(figsize=(width, height), dpi=DPI)
-    left = LABEL if row_labels else 0.0
-    pad = 0.04
+    left = LABEL * text_scale(cell) if row_labels else 0.0
     axes = np.empty((nrows, ncols), dtype=object)
     for r in range(nrows):
         for c in range(ncols):
-            x0 = (left + c * CELL + pad) / width
-            y0 = ((nrows - 1 - r) * CELL + pad) / height
-            ax = fig.add_axes((x0, y0, (CELL - 2 * pad) / width, (CELL - 2 * pad) / height))
+            x0 = (left + c * cell + PAD) / width
+            y0 = ((nrows - 1 - r) * cell + PAD) / height
+            ax = fig.add_axes((x0, y0, (cell - 2 * PAD) / width, (cell - 2 * PAD) / height))
             ax.set_axis_off()
             axes[r, c] = ax
     cax = None
     if colorbar:
         cax = fig.add_axes(((width - BAR + 0.08) / width, 0.1 / height, 0.12 / width,
-                            (nrows * CELL - 0.2) / height))
+                            (nrows * cell - 0.2) / height))
     return fig, axes, cax
 
 
@@ -95,11 +115,13 @@ def _symmetric(arrays: Sequence[np.ndarray], vmax) -> float:
     return peak if peak > 0 else 1.0
 
 
-def _letters(ax, edges: tuple[str, str, str, str], shape: tuple[int, int]) -> None:
+def _letters(ax, edges: tuple[str, str, str, str], shape: tuple[int, int], scale: float = 1.0) -> None:
     """Orientation letters just inside the image's edges (data coordinates follow the aspect)."""
     left, right, top, bottom = edges
     h, w = shape
-    style = dict(fontsize=6, color="yellow", ha="center", va="center")
+    # yellow with a black outline: readable on dark background and on bright (e.g. unexposed X-ray) areas
+    style = dict(fontsize=6 * scale, color="yellow", ha="center", va="center",
+                 path_effects=[patheffects.withStroke(linewidth=1.5 * scale, foreground="black")])
     ax.text(0.05 * w - 0.5, h / 2 - 0.5, left, **style)
     ax.text(0.95 * w - 0.5, h / 2 - 0.5, right, **style)
     ax.text(w / 2 - 0.5, 0.05 * h - 0.5, top, **style)
@@ -149,7 +171,9 @@ def save_grid(path: Path | str, rows: Sequence[Sequence[np.ndarray | None]], tit
     lo, hi = _limits([a for _, c, a in cells if a is not None and c not in errors and c not in own], vmin, vmax)
     e = _symmetric([a for _, c, a in cells if a is not None and c in errors], error_vmax)
     headers = int(bool(titles)) + int(bool(title))
-    fig, axes, cax = _grid(len(rows), ncols, headers, row_labels is not None, bool(errors))
+    cell = panel_inches([a.shape for _, _, a in cells if a is not None], len(cells))
+    k = text_scale(cell)
+    fig, axes, cax = _grid(len(rows), ncols, headers, row_labels is not None, bool(errors), cell)
     error_image = None
     for r, c, a in cells:
         if a is None:
@@ -163,16 +187,16 @@ def save_grid(path: Path | str, rows: Sequence[Sequence[np.ndarray | None]], tit
         else:
             axes[r, c].imshow(a, cmap=GREY, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         if edges is not None and edges[r][c] is not None:
-            _letters(axes[r, c], edges[r][c], a.shape)
+            _letters(axes[r, c], edges[r][c], a.shape, k)
     for c, text in enumerate(titles or []):
-        axes[0, c].set_title(text, fontsize=8, pad=2)
+        axes[0, c].set_title(text, fontsize=8 * k, pad=2)
     for r, text in enumerate(row_labels or []):
-        axes[r, 0].text(-0.04, 0.5, text, transform=axes[r, 0].transAxes, rotation=90, fontsize=7,
+        axes[r, 0].text(-0.04, 0.5, text, transform=axes[r, 0].transAxes, rotation=90, fontsize=7 * k,
                         ha="right", va="center")
     if cax is not None and error_image is not None:
-        fig.colorbar(error_image, cax=cax).ax.tick_params(labelsize=6)
+        fig.colorbar(error_image, cax=cax).ax.tick_params(labelsize=6 * k)
     if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.06 / fig.get_figheight(), va="top")
+        fig.suptitle(title, fontsize=9 * k, y=1 - 0.06 / fig.get_figheight(), va="top")
     return save_figure(fig, path)
 
 

@@ -18,7 +18,9 @@ each voxel axis increases toward), name the plane by the slice normal (S/I axial
 L/R sagittal), flip each in-plane axis that runs the wrong way, and put the column axis second.
 For a 2D item from a PNG (ITK's LPS identity, so the affine is ``diag(-1, -1, 1)``, ``i`` toward
 L and ``j`` toward P) this is ``arr.T``: the original picture. Oblique axes take their dominant
-direction. Pixel aspect follows the voxel spacing.
+direction for the layout; the edge letters come from the real direction cosines of the displayed
+columns and rows (the nearest world axis), so an oblique acquisition is lettered truthfully.
+Pixel aspect follows the voxel spacing.
 """
 
 from __future__ import annotations
@@ -111,18 +113,29 @@ def display_plane(plane2d: np.ndarray, meta_or_affine, normal_axis: int) -> Disp
         return DisplaySlice(np.ascontiguousarray(arr.T), aspect, "slice", None)
     plane = PLANE_OF_NORMAL[normal]
     col_dir, row_dir = DISPLAY[plane]
-    axes = {}
+    axes, toward = {}, {}
     for pos, a in enumerate(in_plane):
         code = codes[a]
         for role, want in (("col", col_dir), ("row", row_dir)):
             if code in (want, OPPOSITE[want]):
                 axes[role] = pos
-                if code != want:
+                sign = 1.0 if code == want else -1.0
+                if sign < 0:
                     arr = np.flip(arr, axis=pos)
+                toward[role] = sign * affine[:3, a]  # world direction the image's columns / rows run
     image = arr if axes["row"] == 0 else arr.T
     aspect = _ratio(spacing[in_plane[axes["row"]]], spacing[in_plane[axes["col"]]])
-    edges = (OPPOSITE[col_dir], col_dir, OPPOSITE[row_dir], row_dir)
+    # letters from the real direction cosines: for oblique data, the nearest world axis of each edge
+    right, bottom = nearest_letter(toward["col"]), nearest_letter(toward["row"])
+    edges = (OPPOSITE[right], right, OPPOSITE[bottom], bottom)
     return DisplaySlice(np.ascontiguousarray(image), aspect, plane, edges)
+
+
+def nearest_letter(direction: np.ndarray) -> str:
+    """The RAS+ letter (R, L, A, P, S, I) of the world axis nearest to ``direction``."""
+    d = np.asarray(direction, dtype=np.float64)
+    axis = int(np.argmax(np.abs(d)))
+    return ("LR", "PA", "IS")[axis][int(d[axis] > 0)]
 
 
 def _ratio(num: float, den: float) -> float:

@@ -2,7 +2,8 @@
 
 ``metrics.jsonl`` holds one JSON record per line, ``{"step": int, "phase": "train" | "val",
 <name>: float, ...}`` (written by ``medgen_cli.train.metrics_log``). Drawn with matplotlib's
-object API on the Agg canvas, like :mod:`medgen_cli.viz.images`.
+object API on the Agg canvas, like :mod:`medgen_cli.viz.images`. Every plot is at least
+``MIN_WIDTH`` inches at ``PLOT_DPI`` (800 px) wide with 9-11 pt text, readable without zooming.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .images import DPI, save_figure
+from .images import save_figure
 
-PANEL = (2.6, 1.9)  # inches per plot panel
+PLOT_DPI = 100
+PANEL = (4.0, 2.8)  # inches per plot panel, at least
+MIN_WIDTH = 8.0  # inches: 800 px at PLOT_DPI
 MAX_PANELS = 12
+TITLE, LABEL, TICK = 11, 10, 9  # font sizes (pt)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -39,10 +43,19 @@ def _number(value) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def plot_size(n: int, ncols: int = 3) -> tuple[float, float]:
+    """(width, height) in inches of ``n`` plot panels in rows of ``ncols``: at least ``MIN_WIDTH`` wide."""
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    width = max(MIN_WIDTH, PANEL[0] * cols)
+    panel_height = min(width / cols * PANEL[1] / PANEL[0], 5.0)
+    return width, panel_height * rows
+
+
 def _panels(n: int, ncols: int = 3) -> tuple[Figure, list]:
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=plot_size(n, ncols), dpi=PLOT_DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_axis_off()
@@ -86,12 +99,12 @@ def plot_metrics(jsonl_path: Path | str, png_path: Path | str, keys: Sequence[st
                 ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1, label=phase or None)
         if key in log_scale:
             ax.set_yscale("log")
-        ax.set_title(key, fontsize=8)
-        ax.set_xlabel("step", fontsize=7)
-        ax.tick_params(labelsize=6)
+        ax.set_title(key, fontsize=TITLE)
+        ax.set_xlabel("step", fontsize=LABEL)
+        ax.tick_params(labelsize=TICK)
         if len(phases) > 1:
-            ax.legend(fontsize=6)
-    return save_figure(fig, png_path)
+            ax.legend(fontsize=TICK)
+    return save_figure(fig, png_path, PLOT_DPI)
 
 
 def _groups(groups: Mapping[str, Sequence[float] | np.ndarray]) -> dict[str, np.ndarray]:
@@ -127,12 +140,12 @@ def histograms(path: Path | str, groups: Mapping[str, Sequence[float] | np.ndarr
     fig, (ax,) = _panels(1)
     for name, v in data.items():
         ax.hist(v, bins=edges, density=True, histtype="step", lw=1.2, label=name)
-    ax.set_xlabel(xlabel, fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.legend(fontsize=6)
+    ax.set_xlabel(xlabel, fontsize=LABEL)
+    ax.tick_params(labelsize=TICK)
+    ax.legend(fontsize=TICK)
     if title:
-        ax.set_title(title, fontsize=8)
-    return save_figure(fig, path)
+        ax.set_title(title, fontsize=TITLE)
+    return save_figure(fig, path, PLOT_DPI)
 
 
 def box_plot(path: Path | str, groups: Mapping[str, Sequence[float] | np.ndarray], ylabel: str = "",
@@ -148,8 +161,8 @@ def box_plot(path: Path | str, groups: Mapping[str, Sequence[float] | np.ndarray
     data = _groups(groups)
     fig, (ax,) = _panels(1)
     ax.boxplot(list(data.values()), tick_labels=list(data.keys()))
-    ax.set_ylabel(ylabel, fontsize=7)
-    ax.tick_params(labelsize=6)
+    ax.set_ylabel(ylabel, fontsize=LABEL)
+    ax.tick_params(labelsize=TICK)
     if title:
-        ax.set_title(title, fontsize=8)
-    return save_figure(fig, path)
+        ax.set_title(title, fontsize=TITLE)
+    return save_figure(fig, path, PLOT_DPI)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 
 import numpy as np
@@ -82,18 +83,55 @@ def test_reconstruction_writes_metrics_plots_and_pictures(tmp_path, trained, spa
     assert any(s == "reconstruction" and "psnr" in m for s, m, _ in result.rows)
 
 
-def test_psnr_follows_the_mapping_range(tmp_path, trained):
+@pytest.fixture
+def evaluate_log():
+    """Records of medgen_cli.steps.evaluate (attached directly: the CLI stops medgen_cli propagating)."""
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("medgen_cli.steps.evaluate")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def test_psnr_follows_the_mapping_range(tmp_path, trained, evaluate_log):
     """Same stored values, stored range 4 instead of 2: PSNR rises by 20 log10(2); HU values stay right."""
     prep, ae = trained[2]
     wide = IntensityMapping(method="window", unit="HU", in_low=-1000, in_high=1000, out_low=-2, out_high=2, clip=True)
     prep_wide = make_prep(tmp_path / "wide", 2, n_train=4, n_val=2, mapping=wide)
     evaluate.run(settings(ae=ae, data=prep, split="val"), tmp_path / "a")
+    assert not [r for r in evaluate_log if r.levelno >= logging.WARNING]
     evaluate.run(settings(ae=ae, data=prep_wide, split="val"), tmp_path / "b")
+    # the differing mapping is one warning sentence in words, not a Python dict
+    warnings = [r.getMessage() for r in evaluate_log if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "{" not in warnings[0] and "'method'" not in warnings[0], warnings
+    assert ("trained on intensities mapped as window -1000..1000 HU -> [-1, 1] (clipped), but" in warnings[0]
+            and "holds window -1000..1000 HU -> [-2, 2] (clipped)" in warnings[0]), warnings
     a, b = read_rows(tmp_path / "a" / "items.csv"), read_rows(tmp_path / "b" / "items.csv")
     for ra, rb in zip(a, b):
         assert float(rb["psnr"]) - float(ra["psnr"]) == pytest.approx(20 * math.log10(2), abs=1e-9)
         assert float(rb["mae"]) == pytest.approx(float(ra["mae"]), rel=1e-12)  # same stored values
         assert float(rb["mae_phys"]) == pytest.approx(500 * float(rb["mae"]), rel=1e-9)  # 4 stored units = 2000 HU
+
+
+def test_per_subject_percentile_mappings_are_expected_and_reported_once(evaluate_log):
+    """MR percentiles are fitted per subject: differing end points are information, said once."""
+    subject = [IntensityMapping(method="percentile", unit="a.u.", in_low=lo, in_high=hi, out_low=-1, out_high=1, clip=True)
+               for lo, hi in ((3.0, 812.0), (0.0, 640.5))]
+    evaluate.report_mappings(subject[0], subject[1], "the autoencoder ae/ was trained on", "prep/ holds")
+    assert [r.levelno for r in evaluate_log] == [logging.INFO]
+    text = evaluate_log[0].getMessage()
+    assert "per image (percentile to [-1, 1])" in text and "{" not in text
+    evaluate_log.clear()
+    evaluate.report_mappings(subject[0], subject[0], "a", "b")  # identical: nothing to say
+    assert evaluate_log == []
+    other = IntensityMapping(method="percentile", unit="a.u.", in_low=3.0, in_high=812.0, out_low=0, out_high=1, clip=True)
+    evaluate.report_mappings(subject[0], other, "the autoencoder ae/ was trained on", "prep/ holds")
+    assert [r.levelno for r in evaluate_log] == [logging.WARNING]  # a different stored range is not per-subject
 
 
 def make_samples(path, items, inputs=(), conditional=None):

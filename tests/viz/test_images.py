@@ -21,7 +21,7 @@ from medgen_cli.viz import (
     reconstruction_grid,
     save_grid,
 )
-from medgen_cli.viz.images import DPI
+from medgen_cli.viz.images import DPI, MAX_FIGURE_PX, panel_inches
 
 META = ImageMeta(affine=np.diag([0.8, 0.8, 2.5, 1.0]))
 
@@ -79,11 +79,45 @@ def test_plots(tmp_path):
     records += [{"step": 4, "phase": "val", "loss": 0.3, "ssim": 0.8}]
     log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "pha')  # torn last line
     path = plot_metrics(log, tmp_path / "plots" / "curves.png")
-    assert path.is_file() and size_px(path) == (round(3 * 2.6 * DPI), round(1.9 * DPI))
-    plot_metrics(log, tmp_path / "loss.png", keys=["loss"], log_scale=["loss"])
+    assert path.is_file() and size_px(path) == (1200, 280)  # three 4-inch panels at 100 dpi
+    # one panel is still readable: >= 800 px wide (it was 208 px)
+    assert size_px(plot_metrics(log, tmp_path / "loss.png", keys=["loss"], log_scale=["loss"]))[0] >= 800
     with pytest.raises(ValueError, match="accuracy"):
         plot_metrics(log, tmp_path / "bad.png", keys=["accuracy"])
     rng = np.random.default_rng(2)
-    assert histograms(tmp_path / "h.png", {"real": rng.normal(0, 100, 500), "samples": rng.normal(20, 90, 400)},
-                      xlabel="HU").is_file()
-    assert box_plot(tmp_path / "b.png", {"ssim": rng.random(10), "ms_ssim": rng.random(10)}).is_file()
+    hist = histograms(tmp_path / "h.png", {"real": rng.normal(0, 100, 500), "samples": rng.normal(20, 90, 400)},
+                      xlabel="HU")
+    box = box_plot(tmp_path / "b.png", {"ssim": rng.random(10), "ms_ssim": rng.random(10)})
+    for path in (hist, box):
+        w, h = size_px(path)
+        assert w >= 800 and 300 <= h < w, (path.name, w, h)
+
+
+@pytest.mark.parametrize("shape,long_side", [((2000, 1500), 512), ((512, 512), 512), ((300, 200), 300), ((40, 30), 122)])
+def test_panels_show_large_images_at_512_px_and_small_ones_one_to_one(tmp_path, shape, long_side):
+    """A panel draws min(image long side, 512) screen pixels (>= 122: small images are enlarged)."""
+    img = np.zeros(shape)  # drawn black on the white figure: its extent is the dark pixels
+    path = save_grid(tmp_path / "g.png", [[img]], vmin=0.0, vmax=1.0)
+    png = mpimg.imread(path)[..., :3].mean(-1)
+    w, h = size_px(path)
+    assert max(w, h) >= min(long_side, 512)
+    rows, cols = np.nonzero(png < 0.2)
+    drawn = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    assert abs(drawn - long_side) <= 2, (drawn, long_side)
+
+
+def test_large_image_preview_is_at_least_512_px(tmp_path):
+    from medgen_cli.io.store import Store
+    from medgen_cli.viz.previews import store_preview
+
+    store = Store.create(tmp_path / "s.zarr")
+    xray = np.random.default_rng(4).random((1200, 900)).astype(np.float32)
+    store.write("xr", xray, ImageMeta(affine=np.diag([-0.2, -0.2, 1.0, 1.0]), modality="XR"), dtype="float32")
+    w, h = size_px(store_preview(tmp_path / "p.png", store))
+    assert max(w, h) >= 512 and min(w, h) >= 512 - 1  # a square panel holding the radiograph
+
+
+def test_many_large_panels_stay_within_the_pixel_budget(tmp_path):
+    big = np.zeros((1024, 1024))
+    w, h = figure_size(200, 3, cell=panel_inches([big.shape] * 600, 600))
+    assert w * h * DPI**2 <= MAX_FIGURE_PX * 1.1 and panel_inches([big.shape]) * DPI > 512

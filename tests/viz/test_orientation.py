@@ -9,6 +9,7 @@ import pytest
 from medgen_cli.io.meta import LPS_TO_RAS, ImageMeta
 from medgen_cli.viz import display_plane, display_slice, orthogonal_views, plane_axis
 from medgen_cli.viz.images import CELL, DPI, HEADER
+from medgen_cli.viz.orientation import OPPOSITE
 
 LPS_IDENTITY = LPS_TO_RAS @ np.eye(4)  # a PNG read through ITK: i toward L, j toward P
 
@@ -83,3 +84,48 @@ def test_bad_axis_and_index_raise():
         display_slice(vol, np.eye(4), 0, 9)
     with pytest.raises(ValueError, match="plane"):
         plane_axis(np.eye(4), "oblique")
+
+
+NEAREST = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    a, b = [i for i in range(3) if i != axis]
+    r = np.eye(3)
+    r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+    return r
+
+
+def edge_directions(view_of, affine, shape=(9, 8, 7)):
+    """World directions (RAS) in which the displayed columns and rows run, found independently of
+    the display code: each voxel's indices are displayed, then mapped through the affine."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), 0).astype(float)
+    views = [view_of(index[c]) for c in range(3)]
+    ijk = np.stack([v.image for v in views], -1)
+    world = ijk @ np.asarray(affine)[:3, :3].T
+    return views[0], world[0, -1] - world[0, 0], world[-1, 0] - world[0, 0]
+
+
+@pytest.mark.parametrize("rot", [
+    rotation(2, 20), rotation(2, 60), rotation(0, 35) @ rotation(2, -50), rotation(1, 70) @ rotation(0, 25),
+    rotation(0, 80) @ rotation(1, 40) @ rotation(2, 10),
+], ids=["axial-20", "axial-60", "tilted", "double", "strongly-oblique"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_oblique_edges_are_the_nearest_axis_of_the_real_direction(rot, axis):
+    """Each edge letter is the world axis nearest to where the image really runs (it used to be the
+    plane's convention, e.g. S/I on rows that run mostly toward L)."""
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.7, 0.9, 2.5])
+    view, across, down = edge_directions(lambda a: display_slice(a, affine, axis), affine)
+    left, right, top, bottom = view.edges
+    for direction, start, end in ((across, left, right), (down, top, bottom)):
+        u = direction / np.linalg.norm(direction)
+        nearest = max(NEAREST, key=lambda k: u @ NEAREST[k])
+        assert end == nearest and start == OPPOSITE[end], (view.plane, start, end, np.round(u, 2))
+
+
+def test_axis_aligned_edges_keep_the_radiological_convention():
+    for affine in (np.eye(4), LPS_IDENTITY):
+        for axis, expected in ((2, ("R", "L", "A", "P")), (1, ("R", "L", "S", "I")), (0, ("A", "P", "S", "I"))):
+            assert display_slice(np.zeros((5, 6, 7)), affine, axis).edges == expected
