@@ -78,7 +78,7 @@ def latent_meta(meta: ImageMeta, factor: Sequence[int], **attrs: Any) -> ImageMe
 
 def read_latent(store: Store, item_id: str) -> torch.Tensor:
     """A stored latent: int16 codes -> int64 ``(*grid)``; floats -> float32 ``(C, *grid)``."""
-    array = np.asarray(store.array(item_id)[...])
+    array = store.read(item_id, dtype=None)  # checked: a lost or damaged chunk is an error naming the item
     if np.issubdtype(array.dtype, np.integer):
         return torch.from_numpy(array.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

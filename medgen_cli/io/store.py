@@ -4,29 +4,64 @@ Layout of an artefact's store ``<artefact>/<name>.zarr`` (``main`` for the prima
 derived name otherwise: ``drr``, ``lowdose``, ``downsample2``; ``samples`` for samples)::
 
     <name>.zarr/                 group attrs: {"medgen_store": 1, "name": ...}
-      items/<id>                 array; attrs = ImageMeta.to_attrs() + split, complete, ...
+      items/<id>                 array; attrs = ImageMeta.to_attrs() + split, complete, all_chunks, ...
 
 An item is written with ``complete: false`` and flagged ``complete: true`` only after its data, so
 an interrupted run never leaves an item that reads as valid and a re-run rewrites it. Any fsspec
 URL zarr understands (``s3://bucket/prep/main.zarr``) works wherever a local path does.
+
+Cost: the items are listed once per ``Store`` object (one key listing plus one metadata read per
+item, concurrently); ``ids``, ``is_complete``, ``item_attrs`` and ``in`` then answer from memory,
+and ``write`` keeps that index up to date, so resuming over N items costs O(N), not O(N^2).
+
+Damage: every chunk of an item is written, even one equal to the fill value (zarr's
+``write_empty_chunks``), and the item records it (``all_chunks: true``), so a read that finds a
+chunk absent knows it was lost instead of returning a blank image; each chunk carries a CRC-32C
+checksum (zarr's ``crc32c`` codec), so altered bytes fail to decode instead of reading as noise.
+Reads that meet an absent or undecodable chunk, or unreadable item or group metadata, raise
+`DamagedStore` naming the store, the item and the chunk; `Store.check` decodes every chunk.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import logging
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
 
+from ..errors import StepFailed
 from .meta import ImageMeta, IntensityMapping
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 DTYPES = {"float16": np.float16, "float32": np.float32, "int16": np.int16}
+# every array medgen hands out writes every chunk, even through ``store.array(id)[...] = values``
+KEEP_CHUNKS = {"write_empty_chunks": True}
+# the step that writes the stores of each artefact kind, for "re-run ..." advice
+WRITERS = {"preprocessed": "preprocess", "latents": "encode-latents", "samples": "sample"}
+
+
+class DamagedStore(StepFailed):
+    """A store or one of its items cannot be read as it was written (exit 1); the message names both.
+
+    A DataLoader worker re-raises an exception as ``type(err)("Caught ... Original Traceback ...")``;
+    only the original sentence is kept, so a damaged item read in a worker still prints one line.
+    """
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            last = [line for line in message.strip().splitlines() if line.strip()][-1]
+            message = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(self).__name__) else last
+        super().__init__(message)
 
 
 def store_path(artefact: Path | str, name: str = "main") -> str:
@@ -40,10 +75,12 @@ def default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(max(1, min(edge, s)) for s in shape)
 
 
-def compressor(name: str, level: int) -> tuple[BloscCodec, ...]:
+def compressor(name: str, level: int) -> tuple[BloscCodec | Crc32cCodec, ...]:
+    """The bytes codecs of an item: Blosc (unless ``none``), then a CRC-32C checksum of the stored bytes, so
+    a flipped byte is an error on read rather than silently wrong values."""
     if name == "none":
-        return ()
-    return (BloscCodec(cname=name, clevel=level, shuffle="bitshuffle" if name == "zstd" else "shuffle"),)
+        return (Crc32cCodec(),)
+    return (BloscCodec(cname=name, clevel=level, shuffle="bitshuffle" if name == "zstd" else "shuffle"), Crc32cCodec())
 
 
 def as_stored_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
@@ -55,6 +92,51 @@ def as_stored_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
         if finite.size and finite.max() > 65504:
             raise ValueError(f"values up to {finite.max():g} overflow float16; normalise intensities or use store.dtype float32")
     return array.astype(DTYPES[dtype])
+
+
+def _reason(err: BaseException) -> str:
+    """A short cause: what zarr, blosc or json said, without raw bytes."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, json.JSONDecodeError):
+        return "not valid JSON"
+    if "checksum do not match" in text:
+        return "checksum mismatch"
+    if "blosc" in text.lower():
+        return "the compressed bytes do not decode"
+    return f"{type(err).__name__}: {text[:120]}" if text else type(err).__name__
+
+
+def _remedy(path: str) -> str:
+    """What to do about a damaged store: re-run the step that wrote it (from the artefact's manifest)."""
+    try:
+        kind = json.loads((Path(path).parent / "manifest.json").read_text())["kind"]
+        return f"re-run medgen {WRITERS[kind]} to rebuild it"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "re-run the step that wrote it"
+
+
+def _chunk_name(coords: tuple[int, ...]) -> str:
+    return ".".join(str(c) for c in coords)
+
+
+def _blank_chunks(arr: zarr.Array, region: tuple[slice, ...], values: np.ndarray) -> list[tuple[int, ...]]:
+    """Chunks overlapping ``region`` whose part of ``values`` is all zero bits (what an absent chunk reads as)."""
+    bits = np.ascontiguousarray(values).view(f"u{values.itemsize}")  # integer test: fast for float16 too
+    bounds = [r.indices(n)[:2] for r, n in zip(region, arr.shape)]
+    axes = [range(lo // c, (hi - 1) // c + 1) if hi > lo else range(0) for (lo, hi), c in zip(bounds, arr.chunks)]
+    out = []
+    for coords in itertools.product(*axes):
+        part = tuple(slice(max(k * c, lo) - lo, min((k + 1) * c, hi) - lo)
+                     for k, c, (lo, hi) in zip(coords, arr.chunks, bounds))
+        if not bits[part].any():
+            out.append(coords)
+    return out
+
+
+def damaged(path: str, why: str, item_id: str | None = None) -> DamagedStore:
+    """``<store> item <id>: <why>; re-run <the step that wrote it>.``"""
+    where = path if item_id is None else f"{path} item {item_id}"
+    return DamagedStore(f"{where}: {why}; {_remedy(path)}.")
 
 
 class Store:
@@ -71,7 +153,12 @@ class Store:
             raise ValueError(f"{path} has store format {attrs['medgen_store']}, newer than this medgen reads; upgrade medgen.")
         self.group = group
         self.path = path
-        self._items = group.require_group("items") if not group.read_only else group["items"]
+        try:
+            self._items = group.require_group("items") if not group.read_only else group["items"]
+        except Exception as err:  # noqa: BLE001 - zarr raises KeyError, JSON and type errors alike
+            raise damaged(path, f"its items group (items/zarr.json) is missing or damaged ({_reason(err)})") from None
+        self._index: dict[str, zarr.Array] | None = None  # item id -> array, after the one listing
+        self._damaged: dict[str, str] = {}  # item id -> why its metadata is unreadable
 
     @classmethod
     def open(cls, path: Path | str, mode: str = "r", storage_options: dict | None = None) -> "Store":
@@ -79,18 +166,65 @@ class Store:
         try:
             group = zarr.open_group(path, mode=mode, zarr_format=3, storage_options=storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            if "://" not in path and (Path(path) / "items").is_dir():
+                raise damaged(path, "the store's metadata (zarr.json) is missing") from None
             raise ValueError(f"{path} is not a zarr store.") from None
+        except (ValueError, TypeError, KeyError) as err:  # unparsable zarr.json
+            raise damaged(path, f"the store's metadata (zarr.json) is damaged ({_reason(err)})") from None
         return cls(group, path)
 
     @classmethod
     def create(cls, path: Path | str, name: str = "main", storage_options: dict | None = None, **attrs: Any) -> "Store":
         """Open ``path`` for writing, creating the group when new (existing items are kept)."""
         path = str(path)
-        group = zarr.open_group(path, mode="a", zarr_format=3, storage_options=storage_options)
+        try:
+            group = zarr.open_group(path, mode="a", zarr_format=3, storage_options=storage_options)
+        except (ValueError, TypeError, KeyError) as err:
+            raise DamagedStore(f"{path}: the store's metadata (zarr.json) is damaged ({_reason(err)}); "
+                               "remove it (or pass --overwrite) and run again.") from None  # our own output
         if "medgen_store" not in group.attrs:
             group.attrs.update({"medgen_store": STORE_FORMAT, "name": name, **attrs})
         group.require_group("items")
         return cls(group, path)
+
+    # ------------------------------------------------------------------------------------ index
+    def _scan(self) -> dict[str, zarr.Array]:
+        """List the items once: one key listing, then every item's metadata (concurrently)."""
+        if self._index is not None:
+            return self._index
+        group = self._items._async_group
+
+        async def scan():
+            names = [n async for n in group.store_path.store.list_dir(group.store_path.path)]
+            names = sorted(n for n in names if n != "zarr.json" and not n.startswith("."))
+            return names, await asyncio.gather(*(group.getitem(n) for n in names), return_exceptions=True)
+
+        names, nodes = sync(scan())
+        self._index, self._damaged = {}, {}
+        for name, node in zip(names, nodes):
+            if isinstance(node, zarr.AsyncArray):
+                self._index[name] = zarr.Array(node.with_config(KEEP_CHUNKS))
+            elif isinstance(node, KeyError) and str(node).strip("'\"") == name:
+                self._damaged[name] = "its metadata (zarr.json) is missing"
+            elif isinstance(node, Exception):
+                self._damaged[name] = f"its metadata (zarr.json) is damaged ({_reason(node)})"
+            elif isinstance(node, BaseException):
+                raise node
+            # a group inside items/ is not an item
+        if self._damaged and not self.group.read_only:  # a writer rewrites them as incomplete items
+            log.warning("%s: %d item(s) with damaged metadata will be rewritten, e.g. %s", self.path,
+                        len(self._damaged), next(iter(self._damaged)))
+        return self._index
+
+    def _raise_damaged(self) -> None:
+        if self._damaged and self.group.read_only:
+            name, why = next(iter(self._damaged.items()))
+            more = f" (and {len(self._damaged) - 1} more damaged item(s))" if len(self._damaged) > 1 else ""
+            raise damaged(self.path, why + more, name)
+
+    def refresh(self) -> None:
+        """Forget the index (another process changed the store)."""
+        self._index, self._damaged = None, {}
 
     # ------------------------------------------------------------------------------------ reading
     @property
@@ -99,9 +233,11 @@ class Store:
 
     def ids(self, split: str | None = None, complete_only: bool = True) -> list[str]:
         """Item ids in sorted order, optionally of one split."""
+        index = self._scan()
+        self._raise_damaged()
         out = []
-        for name in sorted(self._items.array_keys()):
-            attrs = self.item_attrs(name)
+        for name, arr in index.items():
+            attrs = arr.attrs
             if complete_only and not attrs.get("complete", False):
                 continue
             if split is not None and attrs.get("split") != split:
@@ -109,26 +245,97 @@ class Store:
             out.append(name)
         return out
 
+    def complete_ids(self) -> set[str]:
+        """Ids of the complete items (one listing per Store; ``write`` keeps it current)."""
+        return set(self.ids())
+
     def __contains__(self, item_id: str) -> bool:
-        return item_id in set(self._items.array_keys())
+        return item_id in self._scan() or item_id in self._damaged
 
     def array(self, item_id: str) -> zarr.Array:
-        return self._items[item_id]
+        """The zarr array of an item (metadata only; read values with `read`, which checks them)."""
+        if self._index is not None:
+            if item_id in self._index:
+                return self._index[item_id]
+            if item_id in self._damaged:
+                raise damaged(self.path, self._damaged[item_id], item_id)
+        try:
+            return self._items[item_id].with_config(KEEP_CHUNKS)
+        except Exception as err:  # noqa: BLE001 - an unparsable zarr.json raises JSON, key, type or value errors
+            if isinstance(err, KeyError) and str(err).strip("'\"") == item_id:  # no zarr.json at all
+                if not self._exists(f"{item_id}/c"):
+                    raise KeyError(f"{self.path} has no item {item_id!r}") from None
+                raise damaged(self.path, "its metadata (zarr.json) is missing", item_id) from None
+            raise damaged(self.path, f"its metadata (zarr.json) is damaged ({_reason(err)})", item_id) from None
+
+    def _exists(self, key: str) -> bool:
+        store, base = self._items.store_path.store, self._items.store_path.path
+
+        async def any_key():
+            async for _ in store.list_prefix(f"{base}/{key}/" if base else f"{key}/"):
+                return True
+            return False
+
+        return sync(any_key())
 
     def item_attrs(self, item_id: str) -> dict[str, Any]:
-        return dict(self._items[item_id].attrs)
+        return dict(self.array(item_id).attrs)
 
     def is_complete(self, item_id: str) -> bool:
-        return item_id in self and bool(self.item_attrs(item_id).get("complete", False))
+        """O(1) after the store's one listing."""
+        arr = self._scan().get(item_id)
+        return arr is not None and bool(arr.attrs.get("complete", False))
 
     def meta(self, item_id: str) -> ImageMeta:
-        attrs = {k: v for k, v in self.item_attrs(item_id).items() if k not in ("complete",)}
-        return ImageMeta.from_attrs(attrs)
+        attrs = {k: v for k, v in self.item_attrs(item_id).items() if k not in ("complete", "all_chunks")}
+        try:
+            return ImageMeta.from_attrs(attrs)
+        except (KeyError, ValueError, TypeError) as err:
+            raise damaged(self.path, f"its geometry attributes are damaged ({_reason(err)})", item_id) from None
 
-    def read(self, item_id: str, region: tuple[slice, ...] | None = None) -> np.ndarray:
-        """Item values (or a region of them) as float32."""
-        arr = self._items[item_id]
-        return np.asarray(arr[region] if region is not None else arr[...], dtype=np.float32)
+    def read(self, item_id: str, region: tuple[slice, ...] | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """Item values (or a region of them) as ``dtype`` (float32; None keeps the stored type).
+
+        A chunk that zarr found absent reads as the fill value (0), so only the chunks of the region
+        that read as all zeros are looked up in the store (none, for most images).
+
+        Raises:
+            DamagedStore: a chunk of the region is absent (for items that record ``all_chunks``) or
+                does not decode; the message names the store, the item and the chunk.
+        """
+        arr = self.array(item_id)
+        region = tuple(slice(None) for _ in arr.shape) if region is None else tuple(region)
+        try:
+            values = np.asarray(arr[region])
+        except Exception as err:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ... on bad bytes
+            bad = self._first_bad_chunk(arr)
+            which = "a chunk" if bad is None else f"chunk {_chunk_name(bad)}"
+            raise damaged(self.path, f"{which} is missing or damaged ({_reason(err)})", item_id) from None
+        if arr.attrs.get("all_chunks") and all(isinstance(r, slice) and r.step in (None, 1) for r in region):
+            missing = self._missing_chunks(arr, _blank_chunks(arr, region, values))
+            if missing:
+                raise damaged(self.path, f"chunk {_chunk_name(missing[0])} is missing or damaged (it is absent)", item_id)
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def _missing_chunks(self, arr: zarr.Array, coords: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        if not coords:
+            return []
+        store, base = arr.store_path.store, arr.store_path.path
+        keys = [f"{base}/{arr.metadata.encode_chunk_key(c)}" for c in coords]
+
+        async def exist():
+            return await asyncio.gather(*(store.exists(k) for k in keys))
+
+        return [c for c, ok in zip(coords, sync(exist())) if not ok]
+
+    def _first_bad_chunk(self, arr: zarr.Array) -> tuple[int, ...] | None:
+        """The first chunk of the array that does not decode (None if each decodes on its own)."""
+        for coords in np.ndindex(*arr.cdata_shape):
+            try:
+                arr.blocks[coords]
+            except Exception:  # noqa: BLE001
+                return tuple(int(c) for c in coords)
+        return None
 
     def read_item(self, item_id: str) -> tuple[np.ndarray, ImageMeta]:
         return self.read(item_id), self.meta(item_id)
@@ -147,65 +354,101 @@ class Store:
     # ------------------------------------------------------------------------------------ writing
     def write(self, item_id: str, array: np.ndarray, meta: ImageMeta, *, dtype: str = "float16",
               chunks: tuple[int, ...] | None = None, codec: str = "zstd", level: int = 3, **attrs: Any) -> None:
-        """Write one item atomically: data first, then ``complete: true``."""
-        if "/" in item_id or not item_id:
-            raise ValueError(f"item id {item_id!r} must be non-empty and must not contain '/'")
+        """Write one item atomically: data first (every chunk), then ``complete: true``."""
+        if "/" in item_id or not item_id or item_id.startswith(".") or item_id == "zarr.json":
+            raise ValueError(f"item id {item_id!r} must be non-empty, must not contain '/' and must not start with '.'")
         data = as_stored_dtype(np.asarray(array), dtype)
         chunks = tuple(min(c, s) for c, s in zip(chunks, data.shape)) if chunks and len(chunks) == data.ndim \
             else default_chunks(data.shape)
-        item_attrs = {**meta.to_attrs(), **attrs, "complete": False}
+        item_attrs = {**meta.to_attrs(), **attrs, "complete": False, "all_chunks": True}
+        if self._index is not None:
+            self._index.pop(item_id, None)
+            self._damaged.pop(item_id, None)
         arr = self._items.create_array(
             item_id, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=compressor(codec, level),
-            fill_value=0, attributes=_jsonable(item_attrs), overwrite=True,
+            fill_value=0, attributes=_jsonable(item_attrs), overwrite=True, config=KEEP_CHUNKS,
         )
         arr[...] = data
         arr.attrs.update({"complete": True})
+        if self._index is not None:
+            self._index[item_id] = arr
 
     def set_attrs(self, item_id: str, **attrs: Any) -> None:
-        self._items[item_id].attrs.update(_jsonable(attrs))
+        self.array(item_id).attrs.update(_jsonable(attrs))
+
+    # ------------------------------------------------------------------------------------ checking
+    def check(self, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+        """Decode every chunk of every item: ``{"items", "chunks", "damaged": {id: reason}, "incomplete",
+        "unverified"}``. ``unverified`` counts items written before ``all_chunks`` was recorded, whose
+        absent chunks may be blank on purpose (they are decoded, not required)."""
+        index = self._scan()
+        bad = dict(self._damaged)
+        report = {"items": len(index) + len(bad), "chunks": 0, "incomplete": 0, "unverified": 0}
+        for n, (item_id, arr) in enumerate(index.items(), 1):
+            if not arr.attrs.get("complete", False):
+                report["incomplete"] += 1
+            else:
+                report["unverified"] += not arr.attrs.get("all_chunks")
+                why = self._check_item(arr, report, require_all=bool(arr.attrs.get("all_chunks")))
+                if why:
+                    bad[item_id] = why
+            if progress is not None:
+                progress(n, len(index), item_id)
+        report["damaged"] = dict(sorted(bad.items()))
+        return report
+
+    def _check_item(self, arr: zarr.Array, report: dict[str, Any], require_all: bool = True) -> str | None:
+        store, base = arr.store_path.store, arr.store_path.path
+
+        async def listing():
+            return {k async for k in store.list_prefix(f"{base}/")}
+
+        present = sync(listing())
+        for coords in np.ndindex(*arr.cdata_shape):
+            report["chunks"] += 1
+            key = f"{base}/{arr.metadata.encode_chunk_key(coords)}"
+            if key not in present:
+                if require_all:
+                    return f"chunk {_chunk_name(coords)} is absent"
+                continue
+            try:
+                arr.blocks[coords]
+            except Exception as err:  # noqa: BLE001 - any decoding failure is damage
+                return f"chunk {_chunk_name(coords)} does not decode: {_reason(err)}"
+        return None
 
     # ------------------------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
         """What `medgen inspect` shows: items per split, shapes, dtypes, spacing range, sizes."""
-        splits: dict[str, int] = {}
-        shapes: dict[str, int] = {}
-        dtypes, modalities, subjects, mappings = set(), set(), set(), {}
-        spacing_min, spacing_max = None, None
-        raw = stored = 0
-        incomplete = 0
-        for name in sorted(self._items.array_keys()):
-            arr = self._items[name]
+        splits, shapes, mappings = Counter(), Counter(), Counter()
+        dtypes, modalities, subjects = set(), set(), set()
+        spacing_min = spacing_max = None
+        raw = stored = incomplete = 0
+        index = self._scan()
+        self._raise_damaged()
+        for arr in index.values():
             attrs = dict(arr.attrs)
             if not attrs.get("complete", False):
                 incomplete += 1
                 continue
-            splits[attrs.get("split", "")] = splits.get(attrs.get("split", ""), 0) + 1
-            key = "x".join(str(s) for s in arr.shape)
-            shapes[key] = shapes.get(key, 0) + 1
+            splits[attrs.get("split", "")] += 1
+            shapes["x".join(str(s) for s in arr.shape)] += 1
             dtypes.add(str(arr.dtype))
             modalities.add(attrs.get("modality", "OT"))
             subjects.add(attrs.get("subject", ""))
-            text = IntensityMapping.from_dict(attrs.get("intensity")).describe()
-            mappings[text] = mappings.get(text, 0) + 1
+            mappings[IntensityMapping.from_dict(attrs.get("intensity")).describe()] += 1
             sp = np.asarray(attrs.get("spacing", [1, 1, 1]), dtype=float)[: arr.ndim]
             spacing_min = sp if spacing_min is None else np.minimum(spacing_min, sp)
             spacing_max = sp if spacing_max is None else np.maximum(spacing_max, sp)
             raw += arr.nbytes
             stored += arr.nbytes_stored()
         return {
-            "name": self.attrs.get("name", ""),
-            "items": sum(splits.values()),
-            "incomplete_items": incomplete,
-            "subjects": len(subjects),
-            "splits": dict(sorted(splits.items())),
-            "shapes": shapes,
-            "dtypes": sorted(dtypes),
-            "modalities": sorted(modalities),
-            "intensity": mappings,
+            "name": self.attrs.get("name", ""), "items": sum(splits.values()), "incomplete_items": incomplete,
+            "subjects": len(subjects), "splits": dict(sorted(splits.items())), "shapes": dict(shapes),
+            "dtypes": sorted(dtypes), "modalities": sorted(modalities), "intensity": dict(mappings),
             "spacing_min": None if spacing_min is None else [round(float(v), 4) for v in spacing_min],
             "spacing_max": None if spacing_max is None else [round(float(v), 4) for v in spacing_max],
-            "bytes_raw": int(raw),
-            "bytes_stored": int(stored),
+            "bytes_raw": int(raw), "bytes_stored": int(stored),
             "compression_ratio": round(raw / stored, 2) if stored else None,
         }
 

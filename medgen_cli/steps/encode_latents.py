@@ -10,7 +10,8 @@ Orchestration only. Writes the ``latents`` artefact::
 Each latent item keeps the data item's attributes (subject, split, view, ...) plus ``source_id``,
 with the geometry of its grid (`medgen_cli.data.latents.latent_meta`) and an identity intensity
 mapping. Items of one shape are encoded in batches. Re-running the same command resumes an
-interrupted run: items already complete in ``OUT.partial`` are skipped.
+interrupted run: items already complete in ``OUT.partial`` are skipped, found with one listing of
+each output store, so a resume costs time in proportion to the items left.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from ..artefacts import ArtefactWriter, input_ref
 from ..data.latents import latent_meta
 from ..errors import UsageError
-from ..io.store import Store, store_path
+from ..io.store import DamagedStore, Store, store_path
 from ..settings.prior import EncodeSettings
 from ..train.precision import select_device
 from ..viz.previews import latent_preview
@@ -82,6 +83,8 @@ def _open_inputs(settings: EncodeSettings) -> tuple[Store, list]:
     refs = [input_ref(settings.ae, "autoencoder", "autoencoder"), input_ref(settings.data, "data", "preprocessed")]
     try:
         store = Store.open(store_path(settings.data, settings.store))
+    except DamagedStore:
+        raise
     except ValueError:
         raise UsageError(f"{settings.data} has no store named {settings.store!r} (--store); "
                          f"see `medgen inspect {settings.data}`.") from None
@@ -171,7 +174,9 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     levels = _levels(model, info, settings.dtype)
     for lv in levels:
         lv.store = Store.create(store_path(partial, lv.name), name=lv.name, level=lv.level)
-    todo = [i for i in ids if not all(lv.store.is_complete(i) for lv in levels)]
+    # one listing per store, then O(1) per item: resuming costs what is left, not N^2 key listings
+    finished = set.intersection(*(lv.store.complete_ids() for lv in levels))
+    todo = [i for i in ids if i not in finished]
     skipped = len(ids) - len(todo)
     if skipped:
         log.info("resuming: %d of %d items already encoded", skipped, len(ids))

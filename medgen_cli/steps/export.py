@@ -36,7 +36,7 @@ from ..errors import StepFailed, UsageError
 from ..export import models as mx
 from ..export.images import export_item
 from ..io.meta import IntensityMapping
-from ..io.store import Store, store_path
+from ..io.store import DamagedStore, Store, store_path
 from ..models.registry import build_autoencoder
 from ..settings.evaluate import ExportSettings
 from ..train.precision import select_device
@@ -114,6 +114,8 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
     name = settings.store or DEFAULT_STORE[kind]
     try:
         store = Store.open(store_path(source, name))
+    except DamagedStore:
+        raise
     except ValueError:
         stores = sorted(p.stem for p in Path(source).glob("*.zarr"))
         raise UsageError(f"{source} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
@@ -172,6 +174,8 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
     data_store = store_path(data_ref.path, manifest.settings.get("store", "main")) if data_ref else "(none recorded)"
     try:
         data = Store.open(data_store)
+    except DamagedStore:
+        raise
     except ValueError:
         raise UsageError(f"the data of {source} ({data_store}) is not readable; decoded images take their "
                          "geometry and intensity mapping from its items") from None
@@ -180,15 +184,17 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
     if info.get("kind") == "vqvae2":
         try:
             top = Store.open(store_path(source, "top"))
+        except DamagedStore:
+            raise
         except ValueError:
             raise UsageError(f"{source} holds VQ-VAE-2 bottom codes but no top store (top.zarr)") from None
     scale = float(info.get("latent_scale") or 1.0)
     for chunk, arrays, _ in batches(store, ids, batch_size):
         x = torch.from_numpy(arrays).to(device)
+        tops = None if top is None else torch.from_numpy(np.stack([top.read(i) for i in chunk])).long().to(device)
         try:
             if np.issubdtype(store.array(chunk[0]).dtype, np.integer):
-                codes = [x.long()] if top is None else [torch.from_numpy(np.stack([top.read(i) for i in chunk])).long().to(device), x.long()]
-                images = model.decode_indices(*codes)
+                images = model.decode_indices(*([x.long()] if tops is None else [tops, x.long()]))
             else:
                 images = model.decode_latents(x / scale)
         except (ValueError, RuntimeError, IndexError) as err:

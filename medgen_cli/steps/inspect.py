@@ -1,12 +1,22 @@
-"""``medgen inspect DIR``: what an artefact is, its key settings, its lineage and its stores."""
+"""``medgen inspect DIR``: what an artefact is, its key settings, its lineage and its stores.
+
+``--check`` (``run(path, check=True)``) also decodes every chunk of every item of every store of the
+artefact (`Store.check`) and raises `StepFailed` naming the damaged items when there are any.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..artefacts import lineage, read_manifest
-from ..io.store import Store
+from ..errors import StepFailed
+from ..io.store import WRITERS, DamagedStore, Store
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 20  # damaged items named in the error sentence
 
 KEY_SETTINGS = {
     "preprocessed": ["mode.kind", "geometry.orientation", "geometry.spacing", "geometry.fit", "geometry.shape",
@@ -26,8 +36,17 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def run(path: Path | str) -> dict[str, Any]:
-    """Collect everything `inspect` shows as a JSON-able dict."""
+def run(path: Path | str, check: bool = False) -> dict[str, Any]:
+    """Collect everything `inspect` shows as a JSON-able dict.
+
+    Args:
+        path: the artefact directory.
+        check: also verify every chunk of every store (``report["check"]``).
+
+    Raises:
+        StepFailed: ``check`` found damage; the sentence names the first damaged items and the count, and
+            the exception's ``report`` attribute holds the whole report.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     keys = KEY_SETTINGS.get(manifest.kind, [])
@@ -48,7 +67,46 @@ def run(path: Path | str) -> dict[str, Any]:
             report["stores"][zdir.stem] = Store.open(zdir).summary()
         except ValueError as err:
             report["stores"][zdir.stem] = {"error": str(err)}
+    if check:
+        report["check"] = check_stores(path, manifest.kind)
+        damaged = report["check"]["damaged"]
+        if damaged:
+            err = StepFailed(_damage_sentence(path, manifest.kind, report["check"]))
+            err.report = report
+            raise err
     return report
+
+
+def check_stores(path: Path, kind: str) -> dict[str, Any]:
+    """Decode every chunk of every store of an artefact: ``{"stores": {name: counts}, "items", "chunks",
+    "damaged": [{"store", "item", "reason"}, ...]}`` (item None: the store itself is unreadable)."""
+    out: dict[str, Any] = {"stores": {}, "items": 0, "chunks": 0, "damaged": []}
+    for zdir in sorted(path.glob("*.zarr")):
+        try:
+            result = Store.open(zdir).check()
+        except DamagedStore as err:
+            out["damaged"].append({"store": zdir.name, "item": None, "reason": str(err)})
+            continue
+        except ValueError as err:  # not a medgen store at all
+            out["damaged"].append({"store": zdir.name, "item": None, "reason": str(err)})
+            continue
+        out["stores"][zdir.stem] = {k: v for k, v in result.items() if k != "damaged"}
+        out["items"] += result["items"]
+        out["chunks"] += result["chunks"]
+        out["damaged"] += [{"store": zdir.name, "item": i, "reason": r} for i, r in result["damaged"].items()]
+        log.info("checked %s: %d item(s), %d chunk(s), %d damaged", zdir.name, result["items"], result["chunks"],
+                 len(result["damaged"]))
+    return out
+
+
+def _damage_sentence(path: Path, kind: str, check: dict[str, Any]) -> str:
+    damaged = check["damaged"]
+    named = ", ".join(f"{d['store']} item {d['item']} ({d['reason']})" if d["item"] is not None
+                      else f"{d['store']} ({d['reason'].rstrip('.')})" for d in damaged[:MAX_LISTED])
+    more = f" and {len(damaged) - MAX_LISTED} more" if len(damaged) > MAX_LISTED else ""
+    step = f"re-run medgen {WRITERS[kind]}" if kind in WRITERS else "re-run the step that wrote it"
+    return (f"{path}: {len(damaged)} damaged item(s) or store(s) of {check['items']} item(s) checked: "
+            f"{named}{more}; {step} to rebuild the artefact.")
 
 
 def _size(n: int) -> str:
@@ -101,6 +159,22 @@ def render(report: dict[str, Any], console) -> None:
     tree = Tree("lineage")
     _add_lineage(tree, report["lineage"])
     console.print(tree)
+    if "check" in report:
+        _render_check(report["check"], console)
+
+
+def _render_check(check: dict[str, Any], console) -> None:
+    from rich.markup import escape
+
+    console.print(f"check: {check['items']} item(s), {check['chunks']} chunk(s) decoded in "
+                  f"{len(check['stores'])} store(s)")
+    for d in check["damaged"][:MAX_LISTED]:
+        where = f"{d['store']} item {d['item']}" if d["item"] is not None else d["store"]
+        console.print(f"[red]damaged[/] {escape(where)}: {escape(d['reason'])}", highlight=False)
+    if len(check["damaged"]) > MAX_LISTED:
+        console.print(f"[red]... and {len(check['damaged']) - MAX_LISTED} more damaged item(s)[/]")
+    if not check["damaged"]:
+        console.print("[green]no damage found[/]")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,6 +189,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _add_lineage(tree, node: dict[str, Any]) -> None:
     label = f"{node.get('role', 'this')}: {node['path']} ({node.get('kind', '?')})"
+    if node.get("cycle"):  # an artefact listed among its own ancestors: one line, not the loop again
+        label += f" (cycle: {node['path']} already shown)"
+    if node.get("truncated"):
+        label += " (lineage truncated here)"
     if node.get("changed"):
         label += " [yellow](changed since it was read)[/]"
     if node.get("error"):

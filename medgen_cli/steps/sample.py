@@ -7,9 +7,12 @@ and the training data through the latents' ``data`` input. Writes::
               samples.zarr     decoded images in the training data's stored value range; items
                                sample_0000... (conditional: <subject>_s00... for a prior joined by
                                subject, <condition item>_s00... for one joined by item), with the
-                               geometry and intensity mapping of a training item (the condition item's
-                               own when joined by item), attrs synthetic, seed, strategy,
-                               condition_subject (and condition_item when joined by item)
+                               intensity mapping of a training item; conditional samples take its
+                               geometry (the condition item's own when joined by item), unconditional
+                               ones a representative geometry (`representative_geometry`: the training
+                               items' spacing and direction, centred on (0, 0, 0) mm; attrs geometry,
+                               geometry_note); attrs synthetic, seed, strategy, condition_subject
+                               (and condition_item when joined by item)
               codes.zarr       the sampled code grids (int16; codes_top.zarr: vqvae2 top grids); diffusion
                                priors: float32 latents (KL: times latent_scale, as encode-latents stores
                                them; VQ: the continuous latents before they are snapped to the codebook)
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +45,7 @@ from ..artefacts import ArtefactWriter, input_ref
 from ..data.latents import condition_items, condition_subjects, latent_meta, read_latent, subject_conditions
 from ..errors import UsageError
 from ..io.meta import ImageMeta
-from ..io.store import Store, store_path
+from ..io.store import DamagedStore, Store, store_path
 from ..io.writers import write_nifti
 from ..sampling import generate, maskgit_generate
 from ..settings.prior import SamplerSettings, SampleSettings
@@ -242,27 +246,55 @@ def _labels(settings: SampleSettings, info: dict[str, Any], count: int, offset: 
 
 # ------------------------------------------------------------------------------------------ output
 def _reference(data: Store, shape: tuple[int, ...], subject: str | None, item: str | None = None) -> tuple[str, ImageMeta]:
-    """A data item whose geometry the samples take: the condition item's own (joined by item), else the
-    subject's, else the first of the train split."""
+    """A data item whose intensity mapping (and, for conditional samples, geometry) the samples take: the
+    condition item's own (joined by item), else the subject's, else the first of the train split."""
     own = [item] if item is not None and item in data else []
     candidates = own + (data.subjects().get(subject, []) if subject is not None else []) + (data.ids("train") or data.ids())
-    fitting = [i for i in candidates if tuple(data.array(i).shape) == shape]
-    if not fitting:
+    item_id = next((i for i in candidates if tuple(data.array(i).shape) == shape), None)
+    if item_id is None:
         log.warning("no item of %s has the sampled shape %s; the samples take the geometry of %s",
                     data.path, list(shape), candidates[0])
-    item_id = (fitting or candidates)[0]
+        item_id = candidates[0]
     return item_id, data.meta(item_id)
 
 
+def representative_geometry(data: Store, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """The affine of an unconditional sample, which belongs to no patient and has no real position.
+
+    Voxel axes: the median spacing and the most frequent direction (rounded to 1e-3) of the training
+    items of the sampled shape (of all training items when none has it); origin: chosen so the centre of
+    the image lies at (0, 0, 0) mm. Returns the affine and a sentence saying so, recorded with each sample.
+    """
+    train = data.ids("train") or data.ids()
+    ids = [i for i in train if tuple(data.array(i).shape) == shape] or train
+    metas = [data.meta(i) for i in ids]
+    spacing = np.median(np.array([m.spacing for m in metas]), axis=0)
+    keys = [tuple(np.round(m.direction, 3).ravel()) for m in metas]
+    common = Counter(keys).most_common(1)[0][0]  # ties: the first seen
+    affine = np.eye(4)
+    affine[:3, :3] = metas[keys.index(common)].direction * spacing[None, :]
+    centre = np.zeros(3)
+    centre[:len(shape)] = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
+    affine[:3, 3] = -affine[:3, :3] @ centre
+    note = (f"representative geometry, not a patient position: median spacing {[round(float(v), 4) for v in spacing]} mm "
+            f"and the most common direction of {len(ids)} training item(s), centred on (0, 0, 0) mm")
+    return affine, note
+
+
 def _sample_meta(ref_id: str, ref: ImageMeta, settings: SampleSettings, strategy: str,
-                 job: _Job, sample_id: str) -> ImageMeta:
+                 job: _Job, sample_id: str, geometry: tuple[np.ndarray, str] | None = None) -> ImageMeta:
+    """A sample's metadata: the reference item's mapping; its affine, or ``geometry`` (unconditional samples)."""
     attrs = {"synthetic": True, "seed": settings.runtime.seed, "strategy": strategy, "reference_id": ref_id}
     subject = job.subject
     if subject is not None:
         attrs["condition_subject"] = subject
     if job.item is not None:
         attrs["condition_item"] = job.item
-    return ImageMeta(affine=ref.affine, modality=ref.modality, subject=subject if subject is not None else sample_id,
+    affine = ref.affine
+    if geometry is not None:
+        affine = geometry[0]
+        attrs.update(geometry="representative", geometry_note=geometry[1])
+    return ImageMeta(affine=affine, modality=ref.modality, subject=subject if subject is not None else sample_id,
                      source=f"medgen sample {settings.prior}", intensity=ref.intensity, attrs=attrs)
 
 
@@ -300,6 +332,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     ae, _ = load_autoencoder(lineage.autoencoder, device)
     try:
         data = Store.open(store_path(lineage.data, lineage.data_store))
+    except DamagedStore:
+        raise
     except ValueError:
         raise UsageError(f"the training data {store_path(lineage.data, lineage.data_store)} of {settings.prior} "
                          "is missing; the samples need its geometry and intensity mapping.") from None
@@ -314,41 +348,31 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), [prior_ref, *[c.ref for c in conds]],
                             overwrite=overwrite, resume=True)
     partial = writer.open()
-    samples = Store.create(store_path(partial, "samples"), name="samples", synthetic=True)
-    stores = info["latents"]["stores"]
-    code_stores = {"main": Store.create(store_path(partial, "codes"), name="codes")}
-    if "top" in info.get("levels", []):
-        code_stores["top"] = Store.create(store_path(partial, "codes_top"), name="codes_top")
-    code_dtype = "int16" if info["latents"].get("is_vq") and kind != "diffusion" else "float32"
-
-    shape = tuple(g * f for g, f in zip(info["grid_shape"], stores["main"]["factor"]))
+    output = _Output.create(partial, info, kind, settings)
+    samples = output.samples
+    shape = tuple(g * f for g, f in zip(info["grid_shape"], output.factors["main"]))
     total = sum(len(j.ids) for j in jobs)
     done, written, offset = 0, [], 0
+    geometry = None
+    if any(j.subject is None and j.item is None for j in jobs):
+        geometry = representative_geometry(data, shape)
+        log.info("unconditional samples take a %s", geometry[1])
     for j, job in enumerate(jobs):
         ref_id, ref = _reference(data, shape, job.subject, job.item)
-        lo, hi = sorted((ref.intensity.out_low, ref.intensity.out_high))
         for b, start in enumerate(range(0, len(job.ids), settings.batch_size)):
             ids = job.ids[start:start + settings.batch_size]
             labels = _labels(settings, info, len(ids), offset + start, device)
-            if not all(samples.is_complete(i) for i in ids):
+            if not all(samples.is_complete(i) for i in ids):  # O(1) each: resume costs what is left
                 key = job.item or job.subject or ""
                 generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, key, b))
                 cond = [g.expand(len(ids), *g.shape[1:]) for g in job.cond] if job.cond else None
                 with torch.no_grad():
                     draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)
                 images = _decode(ae, info["latents"], draws)
-                for k, item_id in enumerate(ids):
-                    meta = _sample_meta(ref_id, ref, settings, strategy, job, item_id)
-                    image = np.clip(images[k], lo, hi) if ref.intensity.clip else images[k]
-                    # the NIfTI and the codes first: a sample marked complete has all its files
-                    if settings.nifti:
-                        (partial / "nifti").mkdir(exist_ok=True)
-                        write_nifti(partial / "nifti" / f"{item_id}.nii.gz", image, meta, physical=True,
-                                    description=f"SYNTHETIC (medgen) {kind} prior sample, seed {settings.runtime.seed}")
-                    for name, store in code_stores.items():
-                        store.write(item_id, draws[name][k].cpu().numpy(),
-                                    latent_meta(meta, stores[name]["factor"]), dtype=code_dtype)
-                    samples.write(item_id, image, meta, dtype="float32")
+                if ref.intensity.clip:
+                    images = np.clip(images, *sorted((ref.intensity.out_low, ref.intensity.out_high)))
+                own = geometry if job.subject is None and job.item is None else None
+                output.write(ids, images, draws, [_sample_meta(ref_id, ref, settings, strategy, job, i, own) for i in ids])
             written.extend(ids)
             done += len(ids)
             if progress is not None:
@@ -369,6 +393,41 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     writer.commit(summary)
     log.info("wrote %s (%d samples, %s)", out, len(written), strategy)
     return SampleResult(out=out, ids=written, summary=summary)
+
+
+@dataclass
+class _Output:
+    """The stores and files of the samples artefact being written."""
+
+    partial: Path
+    samples: Store
+    codes: dict[str, Store]
+    factors: dict[str, list[int]]
+    code_dtype: str
+    nifti: bool
+    description: str
+
+    @classmethod
+    def create(cls, partial: Path, info: dict[str, Any], kind: str, settings: SampleSettings) -> "_Output":
+        codes = {"main": Store.create(store_path(partial, "codes"), name="codes")}
+        if "top" in info.get("levels", []):
+            codes["top"] = Store.create(store_path(partial, "codes_top"), name="codes_top")
+        return cls(partial, Store.create(store_path(partial, "samples"), name="samples", synthetic=True), codes,
+                   {name: s["factor"] for name, s in info["latents"]["stores"].items()},
+                   "int16" if info["latents"].get("is_vq") and kind != "diffusion" else "float32", settings.nifti,
+                   f"SYNTHETIC (medgen) {kind} prior sample, seed {settings.runtime.seed}")
+
+    def write(self, ids: list[str], images: np.ndarray, draws: dict[str, Tensor], metas: list[ImageMeta]) -> None:
+        """One batch; the NIfTI and the codes first, so a sample marked complete has all its files."""
+        for k, (item_id, meta) in enumerate(zip(ids, metas)):
+            if self.nifti:
+                (self.partial / "nifti").mkdir(exist_ok=True)
+                write_nifti(self.partial / "nifti" / f"{item_id}.nii.gz", images[k], meta, physical=True,
+                            description=self.description)
+            for name, store in self.codes.items():
+                store.write(item_id, draws[name][k].cpu().numpy(), latent_meta(meta, self.factors[name]),
+                            dtype=self.code_dtype)
+            self.samples.write(item_id, images[k], meta, dtype="float32")
 
 
 def _previews(partial: Path, samples: Store, ids: list[str]) -> None:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from zarr.storage import LocalStore
 
 from medgen_cli.artefacts import ArtefactError, require
 from medgen_cli.errors import UsageError
@@ -104,6 +105,34 @@ def test_an_interrupted_run_resumes_where_it_stopped(chain, tmp_path):
     assert resumed.ids() == straight.ids()
     for item_id in straight.ids():
         np.testing.assert_array_equal(resumed.array(item_id)[...], straight.array(item_id)[...])
+
+
+def test_a_resume_encodes_only_the_items_left_and_lists_each_store_once(chain, tmp_path, monkeypatch):
+    """Issue 11: a resume used to list the output store once per item (quadratic); now it costs the items left."""
+    settings = encode_settings(chain.ae["vq"], chain.prep, "drr", "batch_size=2")
+    total = len(Store.open(store_path(chain.prep, "drr")).ids())
+
+    def stop(done, total, text):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_latents.run(settings, tmp_path / "lat", progress=stop)
+    encoded, listings = [], []
+    original = encode_latents._encode
+    monkeypatch.setattr(encode_latents, "_encode",
+                        lambda model, info, batch, *a: encoded.append(len(batch)) or original(model, info, batch, *a))
+    for name in ("list_dir", "list_prefix", "list"):
+        method = getattr(LocalStore, name)
+        monkeypatch.setattr(LocalStore, name, lambda self, *a, _m=method, _n=name: listings.append(_n) or _m(self, *a))
+    result = encode_latents.run(settings, tmp_path / "lat")
+    assert sum(encoded) == result.encoded == total - 4 and result.skipped == 4  # the model saw only what was left
+    assert len(listings) <= 3 < total  # data store, output store (and nothing per item)
+    straight = Store.open(store_path(chain.latents["vq"]))
+    resumed = Store.open(store_path(tmp_path / "lat"))
+    assert resumed.ids() == straight.ids()
+    for item_id in straight.ids():
+        np.testing.assert_array_equal(resumed.read(item_id, dtype=None), straight.read(item_id, dtype=None))
 
 
 def test_bad_inputs_are_one_sentence_usage_errors(chain, tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 from medgen_cli.artefacts import require
 from medgen_cli.errors import UsageError
+from medgen_cli.io.meta import ImageMeta
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import SettingsError
 from medgen_cli.steps import sample
@@ -35,16 +36,21 @@ def test_end_to_end_samples_have_the_training_data_shape_and_metadata(chain, tmp
     assert samples.ids() == ["sample_0000", "sample_0001", "sample_0002"]
     data = Store.open(store_path(chain.prep, "drr"))
     reference = data.meta(data.ids("train")[0])
+    geometry, _ = sample.representative_geometry(data, (16, 16))
     codes = _codes(out)
     model, _ = load_autoencoder(chain.ae[ae])
     for item_id in samples.ids():
         image, meta = samples.read_item(item_id)
         assert image.shape == data.array(data.ids()[0]).shape == (16, 16)
-        np.testing.assert_allclose(meta.affine, reference.affine)
+        # no patient's position: the training items' voxel axes, the image centred on (0, 0, 0) mm
+        np.testing.assert_allclose(meta.affine, geometry)
+        np.testing.assert_allclose(meta.affine[:3, :3], reference.affine[:3, :3])
+        np.testing.assert_allclose(meta.affine @ [7.5, 7.5, 0, 1], [0, 0, 0, 1], atol=1e-9)
         assert meta.intensity == reference.intensity and meta.modality == "XR"
         assert image.min() >= reference.intensity.out_low and image.max() <= reference.intensity.out_high
         attrs = samples.item_attrs(item_id)
         assert attrs["synthetic"] is True and attrs["seed"] == 5 and "condition_subject" not in attrs
+        assert attrs["geometry"] == "representative" and "not a patient position" in attrs["geometry_note"]
         assert attrs["strategy"] == ("maskgit" if name == "maskgit" else "multinomial")
         assert codes[item_id].dtype == np.int16 and codes[item_id].shape == (4, 4)
         # the image is the decoded codes
@@ -58,12 +64,48 @@ def test_end_to_end_samples_have_the_training_data_shape_and_metadata(chain, tmp
                 decoded = model.decode_indices(grid)
         np.testing.assert_allclose(image, np.clip(decoded[0, 0].numpy(), *sorted(
             (reference.intensity.out_low, reference.intensity.out_high))), atol=1e-5)
-        # NIfTI in physical units, marked synthetic, with the training data's affine
+        # NIfTI in physical units, marked synthetic, with the representative affine
         nii = nib.load(str(out / "nifti" / f"{item_id}.nii.gz"))
-        np.testing.assert_allclose(nii.affine, reference.affine, atol=1e-5)
+        np.testing.assert_allclose(nii.affine, geometry, atol=1e-5)
         np.testing.assert_allclose(nii.get_fdata()[..., 0], reference.intensity.to_physical(image), rtol=1e-4, atol=1e-4)
         assert nii.header["descrip"].tobytes().startswith(b"SYNTHETIC (medgen)")
     assert (out / "previews" / "samples.png").is_file()
+
+
+def _matvec(matrix, vector):
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = matrix, vector
+    return out
+
+
+def _geometry_store(path, items):
+    store = Store.create(path)
+    for name, shape, affine in items:
+        store.write(name, np.zeros(shape), ImageMeta(affine=affine), split="train")
+    return Store.open(path)
+
+
+def test_representative_geometry_is_the_common_spacing_and_direction_centred_on_the_origin(tmp_path):
+    """Independent reference: the affine written out by hand for the expected spacing, axes and centre."""
+    lps = np.diag([-1.0, -1.0, 1.0])  # the most frequent direction below
+    items = [("a", (4, 6, 8), _matvec(lps @ np.diag([0.5, 0.7, 2.0]), [10, 20, -71])),
+             ("b", (4, 6, 8), _matvec(lps @ np.diag([0.5, 0.9, 3.0]), [-5, 2, 30])),
+             ("c", (4, 6, 8), _matvec(np.diag([0.6, 0.8, 2.5]), [0, 0, 0])),
+             ("d", (9, 9, 9), _matvec(np.diag([9.0, 9.0, 9.0]), [0, 0, 0]))]  # another shape: ignored
+    affine, note = sample.representative_geometry(_geometry_store(tmp_path / "s.zarr", items), (4, 6, 8))
+    # median spacing (0.5, 0.8, 2.5); axes -x, -y, +z; centre voxel (1.5, 2.5, 3.5) at the origin
+    expected = np.array([[-0.5, 0, 0, 0.75], [0, -0.8, 0, 2.0], [0, 0, 2.5, -8.75], [0, 0, 0, 1]])
+    np.testing.assert_allclose(affine, expected, atol=1e-12)
+    assert "[0.5, 0.8, 2.5] mm" in note and "3 training item(s)" in note and "centred on (0, 0, 0) mm" in note
+
+
+def test_representative_geometry_of_2d_slices_keeps_the_slice_normal(tmp_path):
+    axial = _matvec(np.diag([-0.7, -0.7, 5.0]), [100, 120, -71])  # every slice at z = -71 mm before
+    items = [(f"z{k}", (16, 16), axial + np.array([[0, 0, 0, 0]] * 2 + [[0, 0, 0, 5.0 * k], [0, 0, 0, 0]]))
+             for k in range(3)]
+    affine, _ = sample.representative_geometry(_geometry_store(tmp_path / "s.zarr", items), (16, 16))
+    np.testing.assert_allclose(affine[:3, :3], axial[:3, :3])
+    np.testing.assert_allclose(affine[:3, 3], [0.7 * 7.5, 0.7 * 7.5, 0.0])
 
 
 def test_top_k_alone_implies_top_k_and_greedy_is_deterministic(chain, tmp_path):
@@ -101,7 +143,7 @@ def test_conditional_transformer_samples_for_one_subject_and_for_all(chain, tmp_
         image, meta = samples.read_item(item_id)
         assert image.shape == (16, 16, 16) and samples.item_attrs(item_id)["condition_subject"] == "ct01"
         np.testing.assert_allclose(meta.affine, ct.meta("ct01").affine)  # the subject's own CT geometry
-        assert meta.intensity.unit == "HU"
+        assert meta.intensity.unit == "HU" and "geometry" not in meta.attrs
     manifest = require(one.out, "samples")
     assert [r.role for r in manifest.inputs] == ["prior", "condition"]
     assert sorted(p.name for p in (one.out / "previews").iterdir()) == ["ct01_s00.png", "ct01_s01.png", "samples.png"]
