@@ -467,12 +467,20 @@ def inspect_cmd(
     """Describe an artefact: kind, status, settings, lineage and, for stores, their contents."""
     from .steps import inspect as inspect_step
 
-    with handled():
-        report = inspect_step.run(path, check=check)
+    def show(report: dict) -> None:
         if as_json:
             out_console.print_json(json.dumps(report))
         else:
             inspect_step.render(report, out_console)
+
+    with handled():
+        try:
+            report = inspect_step.run(path, check=check)
+        except StepFailed as err:  # a damaged store: show the whole report, then the one-sentence error
+            if getattr(err, "report", None) is not None:
+                show(err.report)
+            raise
+        show(report)
 
 
 # ----------------------------------------------------------------------------------------- config

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..artefacts import ArtefactError, InputRef, find_upstream, input_ref, manifest_sha256, require
 from ..data.latents import LatentCodec, unit_scale
-from ..errors import UsageError
+from ..errors import StepFailed, UsageError
 from ..io.store import Store, store_path
 from ..models.priors import GatedPixelCNN, MaskGITPrior, TransformerPrior, UNetPrior
 from ._load import load_autoencoder
@@ -124,6 +124,8 @@ def open_latents(path: str | Path, role: str, store_name: str = "main") -> Laten
         raise UsageError(f"{path} has no store named {store_name!r}; it holds {sorted(stores)}.")
     try:
         store = Store.open(store_path(path, store_name))
+    except StepFailed:  # damaged metadata: DamagedStore names the store and the item
+        raise
     except ValueError:
         raise UsageError(f"{store_path(path, store_name)} is missing or damaged; re-run medgen encode-latents.") from None
     info = stores[store_name]
@@ -197,7 +199,7 @@ def latent_codec(lat: Latents, scale: float | None = None, split: str | None = N
         ids = lat.store.ids(split) if split else lat.store.ids()
         counts = np.zeros(codebook.shape[0], dtype=np.int64)
         for item_id in ids:
-            counts += np.bincount(np.asarray(lat.store.array(item_id)[...], dtype=np.int64).ravel(),
+            counts += np.bincount(np.asarray(lat.store.read(item_id, dtype=None), dtype=np.int64).ravel(),
                                   minlength=codebook.shape[0])[: codebook.shape[0]]
         try:
             scale = unit_scale(codebook, torch.from_numpy(counts))

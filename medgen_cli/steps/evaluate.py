@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..artefacts import ArtefactError, ArtefactWriter, find_upstream, input_ref
-from ..errors import UsageError
+from ..errors import StepFailed, UsageError
 from ..io.meta import IntensityMapping
 from ..io.store import Store, store_path
 from ..metrics import diversity, frechet_distance, intensity_distance, mmd_rbf, resolve_data_range
@@ -85,6 +85,8 @@ class EvaluateResult:
 def _open_store(artefact: str, name: str) -> Store:
     try:
         return Store.open(store_path(artefact, name))
+    except StepFailed:  # damaged metadata: DamagedStore names the store, keep it
+        raise
     except ValueError:
         stores = sorted(p.stem for p in Path(artefact).glob("*.zarr"))
         raise UsageError(f"{artefact} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
