@@ -15,16 +15,27 @@ DERIVE_PATTERN = re.compile(r"^(drr|lowdose|downsample:\d+(,\d+){0,2})$")
 
 
 class InputSettings(Section):
+    """What to read. Subject ids come from ``subject_csv``, else ``subject_pattern``, else the BIDS
+    ``sub-<label>`` of the path, else the file name."""
+
     paths: list[str] = Field(default_factory=list, description="Input files, directories or glob patterns.")
     subject_pattern: str | None = Field(
-        None, description="Regex on the file path whose group 'subject' (or first group) is the subject id."
+        None, description="Regex on the file path whose group 'subject' (or first group) is the subject id; without it\n"
+        "the subject is the BIDS sub-<label> of the path (sessions stay in the item id), else the file name."
     )
-    subject_csv: str | None = Field(None, description="CSV with columns path,subject[,split]: the subject of each input; a non-empty split\n"
-        "(train, val or test) pins that subject, the others follow split.fractions.")
+    subject_csv: str | None = Field(None, description="CSV with columns path,subject[,split]: the subject of each input (every input\n"
+        "must be listed, by path or file name); a non-empty split (train, val or test) pins that subject, the others follow split.fractions.")
     modality: Literal["auto", "CT", "MR", "XR", "OT"] = Field(
         "auto", description="Modality; auto reads it from DICOM/NRRD headers or guesses from the values."
     )
     dicom_series: str = Field("all", description="DICOM: 'all' makes each series an item; otherwise a SeriesInstanceUID.")
+    max_gib: float = Field(
+        4.0, gt=0, description="Refuse an input whose decoded image (from its header, before reading) exceeds this many GiB."
+    )
+    uneven_slices: Literal["error", "resample"] = Field(
+        "error", description="DICOM series with a missing slice or uneven slice positions: error names the gap; "
+        "resample interpolates onto a regular grid."
+    )
 
     @field_validator("subject_pattern")
     @classmethod
@@ -77,7 +88,6 @@ class GeometrySettings(Section):
         if self.spacing is not None and self.fit is not None:
             raise ValueError("geometry.spacing and geometry.fit exclude each other: pick one")
         return self
-
 
 class IntensitySettings(Section):
     normalize: Literal["auto", "window", "percentile", "zscore", "minmax", "none"] = Field(
@@ -168,6 +178,7 @@ class PreprocessSettings(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        self._window_fits_modality()
         if self.store.dtype == "int16" and self.intensity.normalize != "none":
             raise ValueError("store.dtype int16 keeps raw physical values: set intensity.normalize to none")
         if self.intensity.normalize == "window" and not self.intensity.window:
@@ -180,3 +191,14 @@ class PreprocessSettings(Section):
                 raise ValueError(f"derive output {spec} in {self.mode.kind} mode must keep the slicing axis "
                                  f"(mode.axis = {self.mode.axis}) at factor 1, so that item k pairs with item k")
         return self
+
+    def _window_fits_modality(self) -> None:
+        """A CT window (HU) is meaningless for MR and X-ray, and ignored for OT unless asked for."""
+        modality, i = self.input.modality, self.intensity
+        if modality in ("MR", "XR") and (i.window or i.normalize == "window"):
+            what = f"intensity.window {i.window} (--window)" if i.window else "intensity.normalize window"
+            raise ValueError(f"{what} maps CT values in HU, but input.modality is {modality} (--modality {modality}): "
+                             "remove the window, or use --modality CT if the images are CT")
+        if modality == "OT" and i.window and i.normalize == "auto":
+            raise ValueError(f"intensity.window {i.window} (--window) is not used for input.modality OT: "
+                             "set intensity.normalize=window to apply it, or remove the window")

@@ -101,3 +101,61 @@ def test_subject_csv_split_column(tmp_path):
     twice.write_text("path,subject,split\na,P1,test\nb,P1,train\n")
     with pytest.raises(ValueError, match="pinned to two splits"):
         P.load_subject_csv(twice)
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/bids/sub-01/anat/sub-01_T1w.nii.gz", {"sub": "sub-01"}),
+    ("/bids/sub-03/ses-2/anat/sub-03_ses-2_T1w.nii.gz", {"sub": "sub-03", "ses": "ses-2"}),
+    ("/bids/sub-04/ses-pre/anat/T1w.nii.gz", {"sub": "sub-04", "ses": "ses-pre"}),  # from the directories
+    ("/bids/sourcedata/sub-05/ses-1/dicom", {"sub": "sub-05", "ses": "ses-1"}),  # a DICOM series directory
+    ("/bids/sub-06/ct.nii.gz", {"sub": "sub-06"}),
+    ("/data/sub-01.nii.gz", {"sub": "sub-01"}),
+    ("/home/sub-admin/data/scans/ct01.nii.gz", {}),  # a sub- directory far above the file is not BIDS
+    ("/data/sub-7_x/ct.nii.gz", {}),  # not exactly sub-<label>
+    ("/data/mysub-01_T1w.nii.gz", {}),  # an entity starts the name or follows "_"
+    ("/data/ct01.nii.gz", {}),
+])
+def test_bids_entities(path, expected):
+    assert P.bids_entities(path) == expected
+
+
+def test_subject_from_path_follows_bids_and_keeps_sessions_out_of_the_subject():
+    assert P.subject_from_path("/bids/sub-03/ses-2/anat/sub-03_ses-2_T1w.nii.gz") == "sub-03"
+    assert P.subject_from_path("/bids/sub-04/ses-1/anat/T1w.nii.gz") == "sub-04"
+    assert P.subject_from_path("/home/sub-admin/data/scans/ct01.nii.gz") == "ct01"
+    assert P.subject_from_path("/home/sub-admin/data/anat/ct01.nii.gz") == "ct01"
+    # an explicit pattern wins over the BIDS rule
+    assert P.subject_from_path("/bids/sub-03/anat/sub-03_T1w.nii.gz", r"(T1w)") == "T1w"
+    assert P.strip_image_suffix("x.NII.GZ") == "x" and P.strip_image_suffix(".nii") == ".nii"
+
+
+def test_subject_table_matches_a_path_by_spelling_real_path_or_file_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    real = tmp_path / "d" / "b.nii.gz"
+    real.write_bytes(b"")
+    (tmp_path / "link.nii.gz").symlink_to(real)
+    table = P.SubjectTable(subjects={"imgs/a.nii.gz": "A", "d/b.nii.gz": "B", "c": "C", "e.nrrd": "E"})
+    assert table.subject_of("imgs/a.nii.gz") == "A"
+    assert table.subject_of(str(tmp_path / "link.nii.gz")) == "B"  # the same file as the listed path
+    assert table.subject_of("/elsewhere/c.nii.gz") == "C"  # by name without the image extension
+    assert table.subject_of("/x/e.nrrd") == "E"
+    assert table.subject_of("/x/a.nii.gz") is None
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "does not exist"),
+    (b"path,subject\n\xff\xfe,x\n", "is not UTF-8 text"),
+    (b"path,subject\n", "no rows"),
+    (b"path,subject,note\n" + b"a,," + b"x" * 5000 + b"\n", r"empty path or subject in \{.{0,80}\.\.\.$"),
+])
+def test_load_subject_csv_errors_name_the_file_and_stay_short(tmp_path, content, match):
+    f = tmp_path / "subjects.csv"
+    if content is not None:
+        f.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as err:
+        P.load_subject_csv(f)
+    assert "subjects.csv" in str(err.value) and len(str(err.value)) < 300
+    if content is None:
+        with pytest.raises(ValueError, match="is a directory"):
+            P.load_subject_csv(tmp_path)

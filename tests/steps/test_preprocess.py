@@ -181,7 +181,7 @@ def test_usage_errors_exit_2_and_keep_existing_output(tmp_path):
     res = cli("preprocess", tmp_path / "raw", "--out", tmp_path / "p2", "--set", "geometry.spacng=1")
     assert res.exit_code == 2 and "unknown key 'geometry.spacng'" in res.output
     res = cli("preprocess", tmp_path / "nothing*.nii", "--out", tmp_path / "p3")
-    assert res.exit_code == 2 and "no readable inputs" in res.output
+    assert res.exit_code == 2 and "no file matches this pattern" in res.output and not (tmp_path / "p3.partial").exists()
     assert cli("preprocess", tmp_path / "raw", "--out", tmp_path / "prep", "--overwrite").exit_code == 0
 
 
@@ -386,3 +386,81 @@ def test_previews_hu_warning_and_subject_csv(tmp_path, caplog):
     assert store.ids("test") == ["notct"]  # pinned by the CSV's split column
     png = tmp_path / "prep" / "previews" / "main.png"
     assert png.stat().st_size > 1000 and "previews" in require(tmp_path / "prep", "preprocessed").files
+
+
+# ------------------------------------------------------------------------ issue 11: reports, 2D, signals
+def test_partial_failures_commit_the_good_items_with_a_report(tmp_path):
+    good = make_cts(tmp_path / "good", 2, shape=(12, 12, 8))
+    bad = tmp_path / "bad.nii"
+    bad.write_text("not an image")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    (empty_dir / "notes.txt").write_text("no images here")
+    res = cli("preprocess", *good, bad, empty_dir, "--out", tmp_path / "prep", "--shard", "0/2")
+    assert res.exit_code == 0, res.output
+    res = cli("preprocess", *good, bad, empty_dir, "--out", tmp_path / "prep", "--shard", "1/2")
+    assert res.exit_code == 1 and "2input(s)failed;theotheritemswerewritten" in "".join(res.output.split())
+    manifest = require(tmp_path / "prep", "preprocessed")
+    report = json.loads((tmp_path / "prep" / "report.json").read_text())
+    assert "report.json" in manifest.files
+    assert sorted(d["subject"] for d in report["done"]) == ["ct00", "ct01"]
+    assert sorted(f["path"] for f in report["failed"]) == sorted([str(bad), str(empty_dir)])  # each once, not per shard
+    assert len(manifest.summary["failed"]) == 2
+
+
+def test_window_left_unused_on_non_ct_inputs_is_warned_about_once(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    (tmp_path / "raw").mkdir()
+    for i in range(3):
+        save_nifti(tmp_path / "raw" / f"mr{i}.nii.gz", rng.uniform(0, 500, (12, 12, 8)).astype(np.float32), AFFINE)
+    from medgen_cli.settings import PreprocessSettings, load_settings
+    from medgen_cli.steps import preprocess
+
+    settings = load_settings(PreprocessSettings, None, ["intensity.window=lung"], {"input.paths": [str(tmp_path / "raw")]})
+    with caplog.at_level("WARNING"):
+        preprocess.run(settings, tmp_path / "prep")
+    unused = [r.getMessage() for r in caplog.records if "was not applied" in r.getMessage()]
+    assert len(unused) == 1 and "to 3 input(s) that were read as MR" in unused[0]
+
+
+@pytest.mark.realdata
+def test_real_radiograph_in_volume_mode_is_one_2d_item(tmp_path, real_data):
+    res = cli("preprocess", real_data("RG3_UNCR.dcm"), "--out", tmp_path / "prep", "--fit", "256,256")
+    assert res.exit_code == 0, res.output
+    arr, meta = Store.open(store_path(tmp_path / "prep")).read_item("RG3_UNCR")
+    assert arr.shape == (256, 256) and meta.modality == "XR"
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_workers_releases_the_lock_and_keeps_the_work(tmp_path):
+    make_cts(tmp_path / "raw", 8, shape=(32, 32, 16))
+    proc = _run_module([str(tmp_path / "raw"), "--out", str(tmp_path / "prep"), "--workers", "2", "--spacing", "0.75",
+                        "--modality", "CT", "--derive", "lowdose"])
+    items = tmp_path / "prep.partial" / "main.zarr" / "items"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (items.is_dir() and any(items.iterdir())) and proc.poll() is None:
+        time.sleep(0.02)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=30) == 1
+        assert "stopped by SIGTERM" in proc.stderr.read().decode()
+        assert len(workers) == 2 and not any(Path(f"/proc/{pid}").exists() for pid in workers)
+        assert not list(tmp_path.glob("prep.lock*")) and not (tmp_path / "prep").exists()
+        assert (tmp_path / "prep.partial" / "manifest.json").exists()  # kept for a resume
+    finally:
+        for pid in workers:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,238 @@
+"""One input of ``medgen preprocess`` -> its items in the stores (runs in worker processes)::
+
+    read (physical units) -> reorient -> resample | fit -> crop/pad -> [derive paired images]
+      -> intensity mapping -> volume | slices | sequences -> write items (complete flag last)
+
+Derived stores hold the same item ids as ``main``: in volume mode the derived volume (DRRs: one item
+per view, ``<id>_ap``, ``<id>_lateral``); in slices and sequence modes the derived volume (lowdose,
+downsample in-plane) cut at the same slice indices as the main items, so item k of ``lowdose``
+pairs with item k of ``main``. A 2D image is one 2D item in volume and slices modes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+from ..io.meta import ImageMeta, IntensityMapping
+from ..io.readers import ReadError, Source, read_source
+from ..io.store import Store, store_path
+from ..preprocess import derive, intensity, slicing, spatial
+from ..settings import PreprocessSettings
+
+
+def _item_seed(seed: int, item_id: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(item_id.encode())) % (2**32)
+
+
+def _normalise(arr: np.ndarray, meta: ImageMeta, s: PreprocessSettings) -> tuple[np.ndarray, ImageMeta]:
+    cfg = s.intensity
+    method = cfg.normalize
+    if method == "auto":
+        method = {"CT": "window", "XR": "minmax"}.get(meta.modality, "percentile")
+    out_range = tuple(cfg.output_range)
+    if method == "window":
+        centre, width = intensity.parse_window(cfg.window or "0,2000")  # default: -1000..1000 HU
+        return intensity.window(arr, meta, centre, width, out_range=out_range, transform=cfg.transform)
+    if method == "percentile":
+        low, high = cfg.percentiles
+        return intensity.percentile_normalize(arr, meta, low, high, out_range=out_range, transform=cfg.transform)
+    if method == "zscore":
+        return intensity.zscore(arr, meta)
+    if method == "minmax":
+        return intensity.minmax(arr, meta, out_range=out_range)
+    unit = "HU" if meta.modality == "CT" else "a.u."
+    return arr, meta.replace(intensity=IntensityMapping(method="identity", unit=unit))
+
+
+def _geometry(arr: np.ndarray, meta: ImageMeta, s: PreprocessSettings) -> tuple[np.ndarray, ImageMeta]:
+    g = s.geometry
+    arr, meta = spatial.reorient(arr, meta, g.orientation)
+    background = float(arr.min())
+    inplane = s.mode.kind != "volume" and arr.ndim == 3  # fit/shape take the in-plane size
+    if g.spacing is not None:
+        spacing = tuple(g.spacing) * (arr.ndim if len(g.spacing) == 1 else 1)
+        arr, meta = spatial.resample(arr, meta, spacing[: arr.ndim], order=g.interpolation,
+                                     antialias=g.antialias, backend=g.backend, fill=background)
+    if g.fit is not None and inplane:
+        # fit the in-plane axes; the slicing axis keeps its spacing and size
+        axes = [a for a in range(3) if a != s.mode.axis]
+        extent = [arr.shape[a] * meta.spacing[a] for a in axes]
+        iso = max(e / n for e, n in zip(extent, g.fit))
+        spacing = [None, None, None]
+        for a in axes:
+            spacing[a] = iso
+        arr, meta = spatial.resample(arr, meta, tuple(spacing), order=g.interpolation, antialias=g.antialias,
+                                     backend=g.backend, fill=background)
+        arr, meta = spatial.crop_or_pad(arr, meta, _full_size(g.fit, arr, s.mode.axis, True), mode="center",
+                                        background=background)
+    elif g.fit is not None:
+        if len(g.fit) != arr.ndim:
+            raise ValueError(f"geometry.fit {tuple(g.fit)} has {len(g.fit)} values but the image has {arr.ndim} axes")
+        arr, meta = spatial.fit(arr, meta, tuple(g.fit), order=g.interpolation, antialias=g.antialias,
+                                backend=g.backend, background=background)
+    if g.shape is not None:
+        shape = _full_size(g.shape, arr, s.mode.axis, inplane)
+        arr, meta = spatial.crop_or_pad(arr, meta, shape, mode=g.crop, background=background)
+    return arr, meta
+
+
+def _full_size(size: tuple[int, ...], arr: np.ndarray, axis: int, inplane: bool) -> tuple[int, ...]:
+    """The target size for every axis: in slices/sequence modes the slicing axis keeps its size."""
+    size = tuple(size)
+    if inplane:
+        if len(size) != 2:
+            raise ValueError(f"in slices and sequence modes the size is in-plane (2 values), got {size}")
+        full = list(size)
+        full.insert(axis, arr.shape[axis])
+        return tuple(full)
+    if len(size) != arr.ndim:
+        raise ValueError(f"size {size} has {len(size)} values but the image has {arr.ndim} axes")
+    return size
+
+
+def _downsample_factor(spec: str, arr: np.ndarray, s: PreprocessSettings) -> float | tuple[float, ...]:
+    """The factor of ``downsample:F``: every axis of a volume item; in slices and sequence modes the
+    in-plane axes only (the slicing axis keeps its slices, so the pieces pair one to one)."""
+    factor = tuple(int(f) for f in spec.split(":")[1].split(","))
+    if len(factor) > 1:
+        return factor
+    if s.mode.kind == "volume" or arr.ndim != 3:
+        return factor[0]
+    return tuple(1 if a == s.mode.axis else factor[0] for a in range(3))
+
+
+def _derived(arr_phys: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_id: str):
+    """Paired images computed from the physical volume: {store: [(id, array, meta)]}."""
+    out: dict[str, list[tuple[str, np.ndarray, ImageMeta]]] = {}
+    for spec in s.derive.outputs:
+        name = s.derive.store_name(spec)
+        if spec == "drr":
+            views = []
+            for view in ("ap", "lateral"):
+                # optical depth (the log radiograph) on one fixed scale for every subject
+                a, m = derive.drr(arr_phys, meta, view=view, output="log")
+                lo, hi = s.intensity.output_range
+                m = m.replace(intensity=IntensityMapping(method="window", unit="optical depth", in_low=0.0,
+                                                         in_high=s.derive.drr_max_depth, out_low=lo, out_high=hi, clip=True))
+                views.append((f"{item_id}_{view}", m.intensity.to_stored(a), m))
+            out[name] = views
+        elif spec == "lowdose":
+            a, m = derive.lowdose(arr_phys, meta, dose_fraction=s.derive.lowdose_fraction,
+                                  sigma_full=s.derive.lowdose_sigma, seed=_item_seed(s.runtime.seed, item_id))
+            out[name] = [(item_id, a, m)]
+        else:
+            a, m = derive.downsample(arr_phys, meta, _downsample_factor(spec, arr_phys, s))
+            out[name] = [(item_id, a, m)]
+    return out
+
+
+def _pieces(arr: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_base: str):
+    """The main items of one (normalised) image: the volume, its slices or its sequences."""
+    if s.mode.kind == "volume" or arr.ndim == 2:
+        return [(item_base, arr, meta)]
+    if s.mode.kind == "slices":
+        pieces = slicing.extract_slices(arr, meta, axis=s.mode.axis, which=s.mode.slices,
+                                        min_foreground=s.mode.min_foreground, background=float(s.intensity.output_range[0]))
+        return [(f"{item_base}_s{m.attrs['slice_index']:04d}", a, m) for a, m in pieces]
+    pieces = slicing.extract_sequences(arr, meta, axis=s.mode.axis, length=s.mode.length, stride=s.mode.stride)
+    return [(f"{item_base}_t{m.attrs['slice_start']:04d}", a, m) for a, m in pieces]
+
+
+def _pieces_like(arr: np.ndarray, meta: ImageMeta, s: PreprocessSettings, items: list) -> list:
+    """A derived volume cut at the slice indices of the main ``items``, under the same ids."""
+    if s.mode.kind == "volume" or arr.ndim == 2:
+        return [(items[0][0], arr, meta)]
+    if s.mode.kind == "slices":
+        pieces = slicing.extract_slices(arr, meta, axis=s.mode.axis, min_foreground=0.0,
+                                        which=[m.attrs["slice_index"] for _, _, m in items])
+    else:
+        pieces = slicing.extract_sequences(arr, meta, axis=s.mode.axis, length=s.mode.length, min_foreground=0.0,
+                                           starts=[m.attrs["slice_start"] for _, _, m in items])
+    return [(item_id, a, m) for (item_id, _, _), (a, m) in zip(items, pieces)]
+
+
+def _read(source: Source, subject: str, s: PreprocessSettings) -> tuple[np.ndarray, ImageMeta, list[str]]:
+    """Read one input and check it can become items; returns (array, meta, warnings)."""
+    arr, meta = read_source(source, s.input.modality, max_bytes=int(s.input.max_gib * 2**30),
+                            uneven_slices=s.input.uneven_slices)
+    meta = meta.replace(subject=subject)
+    if arr.ndim == 4:
+        raise ReadError(f"{source.path}: a 4D image (shape {arr.shape}) cannot be one item; split its 4th axis into 3D files first")
+    if arr.ndim == 2 and s.mode.kind == "sequence":
+        raise ReadError(f"{source.path}: is a 2D image (shape {arr.shape}), which has no slices to stack into a "
+                        "sequence; use --mode slices or volume for 2D inputs")
+    if arr.ndim == 2 and "drr" in s.derive.outputs:
+        raise ReadError(f"{source.path}: is a 2D image (shape {arr.shape}); derive output drr projects 3D CT volumes")
+    warnings = []
+    if meta.modality == "CT":
+        ok, reason = intensity.looks_like_hu(arr)
+        if not ok:
+            warnings.append(f"{source.path}: declared CT but does not look like HU ({reason})")
+    return arr, meta, warnings
+
+
+def process_source(source: Source, item_base: str, subject: str, split: str, s: PreprocessSettings,
+                   artefact: str) -> dict[str, Any]:
+    """Read, transform and write every item one input yields. Runs in worker processes.
+
+    Returns ``{"items": {store: [ids]}, "warnings": [...], "ndim": rank of the image read,
+    "window_unused": modality when intensity.window was set but not applied (auto mapping, not CT)}``.
+    """
+    arr, meta, warnings = _read(source, subject, s)
+    ndim = arr.ndim
+    window_unused = meta.modality if s.intensity.window and s.intensity.normalize == "auto" and meta.modality != "CT" else None
+    arr, meta = _geometry(arr, meta, s)
+    derived = _derived(arr, meta, s, item_base)
+    arr, meta = _normalise(arr, meta, s)
+    for name, items in derived.items():  # derived CT images share the main mapping (same window)
+        if name != "drr":
+            derived[name] = [(i, meta.intensity.to_stored(a), m.replace(intensity=meta.intensity)) for i, a, m in items]
+
+    items = _pieces(arr, meta, s, item_base)
+    if not items:
+        raise ReadError(f"{source.path}: no item left (every slice was below mode.min_foreground, or the volume is shorter than mode.length)")
+    if s.mode.kind != "volume":  # one derived volume (lowdose, downsample) -> the main items' pieces
+        derived = {name: _pieces_like(d[0][1], d[0][2], s, items) for name, d in derived.items()}
+
+    written: dict[str, list[str]] = {}
+    kw = dict(dtype=s.store.dtype, chunks=s.store.chunks, codec=s.store.compressor, level=s.store.level)
+    for store_name, store_items in [("main", items), *derived.items()]:
+        store = Store.create(store_path(artefact, store_name), name=store_name)
+        for item_id, a, m in store_items:
+            store.write(item_id, a, m, split=split, **kw)
+            written.setdefault(store_name, []).append(item_id)
+    return {"items": written, "warnings": warnings, "ndim": ndim, "window_unused": window_unused}
+
+
+def safe_process(*args) -> tuple[dict[str, Any] | None, str | None]:
+    """Run one input; a bad input becomes a one-line reason instead of an exception."""
+    try:
+        return process_source(*args), None
+    except ReadError as err:
+        return None, str(err)
+    except (ValueError, RuntimeError, OSError, MemoryError) as err:
+        return None, f"{args[0].path}: {type(err).__name__}: {err}"
+
+
+def pipeline_description(s: PreprocessSettings) -> list[dict[str, Any]]:
+    """The functions applied, with their parameters, for the manifest."""
+    g, i = s.geometry, s.intensity
+    steps: list[dict[str, Any]] = [{"fn": "read", "modality": s.input.modality},
+                                   {"fn": "spatial.reorient", "target": g.orientation}]
+    if g.spacing:
+        steps.append({"fn": "spatial.resample", "spacing": list(g.spacing), "order": g.interpolation,
+                      "antialias": g.antialias, "backend": g.backend})
+    if g.fit:
+        steps.append({"fn": "spatial.fit", "size": list(g.fit), "order": g.interpolation})
+    if g.shape:
+        steps.append({"fn": "spatial.crop_or_pad", "shape": list(g.shape), "mode": g.crop})
+    for d in s.derive.outputs:
+        steps.append({"fn": f"derive.{d.split(':')[0]}", "spec": d})
+    steps.append({"fn": f"intensity.{i.normalize}", "window": i.window, "percentiles": list(i.percentiles),
+                  "output_range": list(i.output_range), "transform": i.transform})
+    if s.mode.kind != "volume":
+        steps.append({"fn": f"slicing.{s.mode.kind}", **s.mode.model_dump()})
+    return steps
