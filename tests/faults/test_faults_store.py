@@ -239,7 +239,7 @@ def test_inspect_of_a_self_referencing_artefact_prints_a_bounded_lineage(pipe, t
     (ae / "manifest.json").write_text(json.dumps(manifest))
     res = invoke("inspect", ae)
     assert res.exit_code == 0 and "Traceback" not in res.output
-    assert f"(cycle: {ae} already shown)" in " ".join(res.output.split())
+    assert "".join(f"(cycle: {ae} already shown)".split()) in "".join(res.output.split())  # rich wraps long paths
     assert len(res.output.splitlines()) < 60
     report = inspect_step.run(ae)
     assert np.all([c.get("cycle") for c in report["lineage"]["inputs"] if c["path"] == str(ae)])
