@@ -1,4 +1,4 @@
-"""Diffusion noise schedules and the DDPM / DDIM reverse steps.
+"""Diffusion noise schedules and the DDPM / DDIM reverse steps (registered as ``ddpm`` and ``ddim``).
 
 - ``NoiseSchedule``: betas and cumulative alphas for ``linear`` and ``scaled_linear`` schedules
   (Ho et al. 2020; Rombach et al. 2022) and the ``cosine`` schedule (Nichol & Dhariwal 2021, eq. 17,
@@ -8,7 +8,8 @@
 
 Both share the forward process ``add_noise`` = q(x_t | x_0), the model parameterisations
 ``prediction_type`` in {eps, v, x0} (v from Salimans & Ho 2022) with their conversions, and min-SNR-γ
-loss weights (Hang et al. 2023). The sampling loop lives in ``sampling/diffusion.py``.
+loss weights (Hang et al. 2023). The sampling loop lives in ``sampling/diffusion.py``; the
+registry (``make_sampler``, with ``make_scheduler`` kept as its alias) in ``sampling/registry.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from medgen_cli.sampling.registry import Sampler, make_sampler, register_sampler
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("eps", "v", "x0")
@@ -72,8 +75,10 @@ class NoiseSchedule:
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # ᾱ_t
 
 
-class _DiffusionScheduler:
-    """Shared by DDPM and DDIM: forward process, parameterisations, timesteps and config."""
+class _DiffusionScheduler(Sampler):
+    """Shared by DDPM, DDIM and DPM-Solver++: forward process, parameterisations, timesteps and config."""
+
+    family = "diffusion"
 
     def __init__(
         self,
@@ -114,10 +119,6 @@ class _DiffusionScheduler:
             "clip_sample": self.clip_sample,
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]):
-        return cls(**config)
-
     # -- forward process ------------------------------------------------------------------------
     def _abar(self, t: Tensor | int, like: Tensor) -> Tensor:
         """ᾱ_t in float64 on the CPU, broadcastable against ``like`` (B, ...); t < 0 means ᾱ = 1.
@@ -135,6 +136,11 @@ class _DiffusionScheduler:
     @staticmethod
     def _c(coef: Tensor, like: Tensor) -> Tensor:
         return coef.to(device=like.device, dtype=like.dtype)
+
+    def sample_train_t(self, batch_size: int, generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None) -> Tensor:
+        """Training timesteps (B,) int64, uniform over 0..T−1 (Ho et al. 2020, Algorithm 1)."""
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), device=device, generator=generator)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
         """Sample q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) with the given standard-normal ``noise``."""
@@ -237,6 +243,7 @@ class _DiffusionScheduler:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+@register_sampler("ddpm")
 class DDPMScheduler(_DiffusionScheduler):
     """Ancestral DDPM sampler (Ho et al. 2020). With fewer inference steps than training steps the
     posterior is taken between the two chosen timesteps (β' = 1 − ᾱ_t / ᾱ_prev).
@@ -279,6 +286,7 @@ class DDPMScheduler(_DiffusionScheduler):
         return mean + self._c(var.sqrt(), x_t) * self._noise_like(x_t, generator)
 
 
+@register_sampler("ddim")
 class DDIMScheduler(_DiffusionScheduler):
     """DDIM sampler (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 matches DDPM's variance.
 
@@ -317,11 +325,6 @@ class DDIMScheduler(_DiffusionScheduler):
         return x_prev
 
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
-
-
-def make_scheduler(name: str, **kwargs: Any) -> _DiffusionScheduler:
-    """Build a scheduler by name (``ddpm`` or ``ddim``) from its config keyword arguments."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, got {name!r}")
-    return SCHEDULERS[name](**kwargs)
+def make_scheduler(name: str, **kwargs: Any) -> Sampler:
+    """Alias of ``make_sampler``, kept for existing callers (any registered name, not only ddpm/ddim)."""
+    return make_sampler(name, **kwargs)
