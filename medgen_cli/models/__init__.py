@@ -2,7 +2,10 @@
 
 Autoencoders: `VQVAE` (van den Oord 2017; also the VQGAN autoencoder of Esser 2021), `VQVAE2`
 (Razavi 2019), `KLVAE` (Rombach 2022), built by name with `build_autoencoder(kind, spatial_dims,
-**kwargs)`; `PatchDiscriminator` and the adversarial losses live in `models.discriminator`.
+**kwargs)`; `PatchDiscriminator` and the adversarial losses live in `models.discriminator`. The VQ
+kinds take a quantiser by name (`models.quantization`): `VectorQuantizer` (EMA codebook,
+straight-through or rotation-trick gradient), `FSQ` (Mentzer 2023) or `LFQ` (MAGVIT-v2); the
+encoder/decoder layout ("strided" or "full") is in `models.backbone`.
 
 Every autoencoder shares this interface, which priors, samplers and steps rely on (no isinstance
 checks needed):
@@ -24,12 +27,16 @@ checks needed):
 from medgen_cli.models.autoencoders import KLVAE, VQVAE, VQVAE2
 from medgen_cli.models.base import AEOutput, Autoencoder
 from medgen_cli.models.discriminator import PatchDiscriminator
+from medgen_cli.models.fsq import FSQ
+from medgen_cli.models.lfq import LFQ
 from medgen_cli.models.quantizers import QuantizerOutput, VectorQuantizer
 from medgen_cli.models.registry import build_autoencoder, build_discriminator
 
 __all__ = [
     "AEOutput",
     "Autoencoder",
+    "FSQ",
+    "LFQ",
     "KLVAE",
     "PatchDiscriminator",
     "QuantizerOutput",

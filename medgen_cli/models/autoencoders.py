@@ -16,7 +16,8 @@ from torch import Tensor
 from medgen_cli.models.backbone import Decoder, Encoder, FactorsArg
 from medgen_cli.models.base import AEOutput, Autoencoder, make_specs
 from medgen_cli.models.klvae import KLVAE
-from medgen_cli.models.quantizers import QuantizerOutput, VectorQuantizer
+from medgen_cli.models.quantization import build_quantizer, quantizer_config, resolve_codebook
+from medgen_cli.models.quantizers import QuantizerOutput
 from medgen_cli.models.vqvae2 import VQVAE2
 
 __all__ = ["AEOutput", "VQVAE", "VQVAE2", "KLVAE"]
@@ -33,9 +34,19 @@ class VQVAE(Autoencoder):
         num_res_blocks: residual blocks per level (an int, or one per level; 0 allowed).
         downsample: per-level factors, each an int or per-axis tuple, applied at the end of the
             level; default 2 on every axis at every level. E.g. ((2, 2, 1), (2, 2, 2)) in 3D.
-        embedding_dim: code width (latent channels).
-        num_embeddings: codebook size.
-        commitment_cost, decay, ema, dead_code_threshold: see `VectorQuantizer`.
+        embedding_dim: code width (latent channels); default 8 (vq), len(fsq_levels) (fsq), 8 (lfq).
+        num_embeddings: codebook size; default 256 (vq), prod(fsq_levels) (fsq), 2^embedding_dim (lfq).
+        commitment_cost, decay, ema, dead_code_threshold: see `VectorQuantizer` (commitment_cost also LFQ's).
+        quantizer: "vq" (learnt codebook), "fsq" (finite scalar) or "lfq" (lookup-free); see
+            `models.quantization`.
+        fsq_levels: levels per latent channel of FSQ (default 8, 5, 5, 5).
+        vq_gradient: "ste" (straight-through) or "rotation" (rotation trick), vq only.
+        entropy_weight: weight of LFQ's entropy penalty.
+        layout: "full" (first level at full resolution; the default of models built before the
+            "strided" layout existed) or "strided" (downsample before each level); see `models.backbone`.
+        mid_blocks: residual blocks in the middle block (0 drops them).
+        res_kernels: kernel sizes of the two convolutions of every residual block: (3, 3), or (3, 1)
+            (the original VQ-VAE's unit, 10/18 of the arithmetic).
         norm: "group" | "batch" | "instance" | "none".
         num_groups: groups for group norm.
         attention_levels: levels with self-attention; mid_attention: attention in the middle block.
@@ -58,12 +69,19 @@ class VQVAE(Autoencoder):
         channels: Sequence[int] = (32, 64),
         num_res_blocks: int | Sequence[int] = 2,
         downsample: FactorsArg = None,
-        embedding_dim: int = 8,
-        num_embeddings: int = 256,
+        embedding_dim: int | None = None,
+        num_embeddings: int | None = None,
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         ema: bool = True,
         dead_code_threshold: float = 1.0,
+        quantizer: str = "vq",
+        fsq_levels: Sequence[int] | None = None,
+        vq_gradient: str = "ste",
+        entropy_weight: float = 0.1,
+        layout: str = "full",
+        mid_blocks: int = 2,
+        res_kernels: Sequence[int] = (3, 3),
         norm: str = "group",
         num_groups: int = 8,
         attention_levels: Sequence[int] = (),
@@ -79,12 +97,15 @@ class VQVAE(Autoencoder):
         out_channels = out_channels or in_channels
         spec, opts = make_specs(
             spatial_dims, channels, downsample, num_res_blocks, attention_levels, mid_attention, upsample_mode,
-            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=2,
+            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=2, layout=layout,
+            mid_blocks=mid_blocks, res_kernels=res_kernels,
         )
+        embedding_dim, num_embeddings, fsq_levels = resolve_codebook(quantizer, embedding_dim, num_embeddings, fsq_levels)
         self.encoder = Encoder(spec, opts, in_channels, embedding_dim)
-        self.quantizer = VectorQuantizer(
-            num_embeddings, embedding_dim, commitment_cost=commitment_cost, decay=decay,
-            dead_code_threshold=dead_code_threshold, ema=ema,
+        self.quantizer = build_quantizer(
+            quantizer, embedding_dim, num_embeddings, fsq_levels=fsq_levels, commitment_cost=commitment_cost,
+            decay=decay, ema=ema, dead_code_threshold=dead_code_threshold, vq_gradient=vq_gradient,
+            entropy_weight=entropy_weight,
         )
         self.decoder = Decoder(spec, opts, embedding_dim, out_channels)
         self._finish_init(
@@ -92,7 +113,9 @@ class VQVAE(Autoencoder):
                 spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                 channels=spec.channels, num_res_blocks=num_res_blocks, downsample=spec.downsample,
                 embedding_dim=embedding_dim, num_embeddings=num_embeddings, commitment_cost=commitment_cost,
-                decay=decay, ema=ema, dead_code_threshold=dead_code_threshold, norm=norm, num_groups=num_groups,
+                decay=decay, ema=ema, dead_code_threshold=dead_code_threshold,
+                **quantizer_config(quantizer, fsq_levels, vq_gradient, entropy_weight),
+                layout=layout, mid_blocks=mid_blocks, res_kernels=list(res_kernels), norm=norm, num_groups=num_groups,
                 attention_levels=spec.attention_levels, mid_attention=mid_attention, num_heads=num_heads,
                 dropout=dropout, factorized_3d=factorized_3d, rezero=rezero, upsample_mode=upsample_mode,
                 recon_loss=recon_loss,
@@ -111,7 +134,7 @@ class VQVAE(Autoencoder):
         return self.encoder(x)
 
     def quantize(self, z_e: Tensor) -> QuantizerOutput:
-        """Quantise z_e (updates the EMA codebook in training mode)."""
+        """Quantise z_e (updates a VQ codebook in training mode)."""
         return self.quantizer(z_e)
 
     def decode(self, z_q: Tensor) -> Tensor:
@@ -147,4 +170,4 @@ class VQVAE(Autoencoder):
 
     def decode_latents(self, z: Tensor) -> Tensor:
         """Snap z to the nearest codes (as LDM does for VQ latents), then decode."""
-        return self.decode(self.quantizer.quantize(z)[0])
+        return self.decode(self.quantizer.snap(z))

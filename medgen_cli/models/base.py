@@ -65,6 +65,9 @@ def make_specs(
     rezero: bool,
     num_heads: int,
     last_level: int = 2,
+    layout: str = "full",
+    mid_blocks: int = 2,
+    res_kernels: Sequence[int] = (3, 3),
 ) -> tuple[PyramidSpec, BlockOptions]:
     """Group a model's flat architecture kwargs into `PyramidSpec` and `BlockOptions`."""
     check_spatial_dims(spatial_dims)
@@ -79,10 +82,12 @@ def make_specs(
         attention_levels=tuple(int(a) for a in attention_levels),
         mid_attention=mid_attention,
         upsample_mode=upsample_mode,
+        layout=layout,
+        mid_blocks=mid_blocks,
     )
     opts = BlockOptions(
         norm=norm, num_groups=num_groups, dropout=dropout, factorized=factorized_3d, rezero=rezero,
-        num_heads=num_heads,
+        num_heads=num_heads, res_kernels=tuple(int(k) for k in res_kernels),
     )
     return spec, opts
 

@@ -36,6 +36,7 @@ class KLVAE(Autoencoder):
             mean-reduced reconstruction loss.
         logvar_min, logvar_max: clamp of the log-variance.
         recon_loss: "l1" | "mse".
+        layout, mid_blocks, res_kernels: as `VQVAE` ("full" and 2 rebuild models saved before they existed).
         Remaining kwargs: as `VQVAE`.
     """
 
@@ -54,6 +55,9 @@ class KLVAE(Autoencoder):
         kl_weight: float = 1e-6,
         logvar_min: float = -30.0,
         logvar_max: float = 20.0,
+        layout: str = "full",
+        mid_blocks: int = 2,
+        res_kernels: Sequence[int] = (3, 3),
         norm: str = "group",
         num_groups: int = 8,
         attention_levels: Sequence[int] = (),
@@ -75,7 +79,8 @@ class KLVAE(Autoencoder):
         out_channels = out_channels or in_channels
         spec, opts = make_specs(
             spatial_dims, channels, downsample, num_res_blocks, attention_levels, mid_attention, upsample_mode,
-            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=1,
+            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=1, layout=layout,
+            mid_blocks=mid_blocks, res_kernels=res_kernels,
         )
         self.encoder = Encoder(spec, opts, in_channels, 2 * latent_channels)
         self.decoder = Decoder(spec, opts, latent_channels, out_channels)
@@ -86,7 +91,7 @@ class KLVAE(Autoencoder):
                 spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                 channels=spec.channels, latent_channels=latent_channels, num_res_blocks=num_res_blocks,
                 downsample=spec.downsample, kl_weight=kl_weight, logvar_min=logvar_min, logvar_max=logvar_max,
-                norm=norm, num_groups=num_groups, attention_levels=spec.attention_levels,
+                layout=layout, mid_blocks=mid_blocks, res_kernels=list(res_kernels), norm=norm, num_groups=num_groups, attention_levels=spec.attention_levels,
                 mid_attention=mid_attention, num_heads=num_heads, dropout=dropout, factorized_3d=factorized_3d,
                 rezero=rezero, upsample_mode=upsample_mode, recon_loss=recon_loss,
             ),

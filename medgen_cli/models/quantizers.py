@@ -11,6 +11,13 @@ training batch (data-dependent initialisation, as k-means-initialised codebooks 
 that starts far from the encoder's outputs leaves most codes unused until the dead-code restarts
 reach them, which in a short run is most of the run.
 
+`gradient="rotation"` replaces the straight-through estimator by the rotation trick of Fifty et al.
+2024 ("Restructuring vector quantization with the rotation trick"): the encoder output e is
+rotated and rescaled onto its code q by a constant (stop-gradient) map, q~ = sg[|q|/|e| R] e with R
+the rotation taking e/|e| to q/|q| (built from a Householder reflection, never as a matrix), so the
+forward value is q and the encoder's gradient is |q|/|e| R^T dL/dq~: it keeps the angle between the
+gradient and the code, where the straight-through copy ignores where e sits inside its cell.
+
 Quantisation always runs in float32 with autocast disabled: distances and EMA statistics are not
 safe in bf16/fp16. Under `torch.distributed`, counts and sums are all-reduced and restart picks are
 broadcast from rank 0, so every rank holds the same codebook.
@@ -26,7 +33,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["QuantizerOutput", "VectorQuantizer"]
+__all__ = ["QuantizerOutput", "VectorQuantizer", "VQ_GRADIENTS", "rotation_trick", "code_stats", "channels_last_flat"]
+
+VQ_GRADIENTS = ("ste", "rotation")
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,39 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def channels_last_flat(z: Tensor, dim: int) -> Tensor:
+    """(B, D, *spatial) -> (N, D) code vectors, checking D (every quantiser's input convention)."""
+    if z.ndim < 3 or z.shape[1] != dim:
+        raise ValueError(f"expected (B, {dim}, *spatial) latents, got {tuple(z.shape)}")
+    return z.movedim(1, z.ndim - 1).reshape(-1, dim)  # dims >= 0 for ONNX
+
+
+def code_stats(indices: Tensor, num_embeddings: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(counts (K,), perplexity, usage) of flat code ``indices`` in one batch."""
+    counts = torch.bincount(indices.reshape(-1), minlength=num_embeddings).float()
+    probs = counts / counts.sum().clamp_min(1.0)
+    perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+    return counts, perplexity, (counts > 0).float().mean()
+
+
+def rotation_trick(e: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
+    """Rows of ``e`` (N, D) carried onto the rows of ``q`` by the rotation trick (Fifty et al. 2024).
+
+    Returns q in value, with d out / d e = sg[lambda R], lambda = |q| / |e| and
+    R = I - 2 r r^T + 2 q^ e^T (e^ = e / |e|, q^ = q / |q|, r = (e^ + q^) / |e^ + q^|), applied as
+    R e = e - 2 r (r . e) + 2 q^ (e^ . e) without forming the D x D matrix.
+    """
+    with torch.no_grad():
+        e_norm = e.norm(dim=1, keepdim=True).clamp_min(eps)
+        q_norm = q.norm(dim=1, keepdim=True)
+        e_hat, q_hat = e / e_norm, q / q_norm.clamp_min(eps)
+        r = e_hat + q_hat
+        r = r / r.norm(dim=1, keepdim=True).clamp_min(eps)
+        scale = q_norm / e_norm
+    rotated = scale * (e - 2 * r * (r * e).sum(1, keepdim=True) + 2 * q_hat * (e_hat * e).sum(1, keepdim=True))
+    return rotated + (q - rotated).detach()  # exactly q forward (the rotation rounds in the last bits)
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour vector quantiser over channel vectors of (B, D, *spatial) inputs.
 
@@ -66,6 +108,7 @@ class VectorQuantizer(nn.Module):
             on random encoder outputs during training; 0 disables restarts. Restarted codes get an
             EMA usage of 1.
         ema: EMA codebook updates (True) or codebook loss with gradient updates (False).
+        gradient: "ste" (straight-through copy of the gradient) or "rotation" (the rotation trick).
     """
 
     def __init__(
@@ -77,8 +120,11 @@ class VectorQuantizer(nn.Module):
         eps: float = 1e-5,
         dead_code_threshold: float = 1.0,
         ema: bool = True,
+        gradient: str = "ste",
     ):
         super().__init__()
+        if gradient not in VQ_GRADIENTS:
+            raise ValueError(f"gradient={gradient!r} must be one of {VQ_GRADIENTS}")
         if num_embeddings < 1:
             raise ValueError(f"num_embeddings={num_embeddings} must be >= 1")
         if embedding_dim < 1:
@@ -97,6 +143,7 @@ class VectorQuantizer(nn.Module):
         self.eps = eps
         self.dead_code_threshold = dead_code_threshold
         self.ema = ema
+        self.gradient = gradient
         init = torch.empty(num_embeddings, embedding_dim).uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
         # Usage starts at one vector per code and sums at the code itself, so an unused code keeps
         # its position (sum / size is constant under decay) instead of collapsing to zero.
@@ -120,12 +167,11 @@ class VectorQuantizer(nn.Module):
         return self.embedding
 
     def extra_repr(self) -> str:
-        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, ema={self.ema}"
+        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, ema={self.ema}, "
+                f"gradient={self.gradient}")
 
     def _flatten(self, z: Tensor) -> Tensor:
-        if z.ndim < 3 or z.shape[1] != self.embedding_dim:
-            raise ValueError(f"expected (B, {self.embedding_dim}, *spatial) latents, got {tuple(z.shape)}")
-        return z.movedim(1, z.ndim - 1).reshape(-1, self.embedding_dim)  # (N, D); dims >= 0 for ONNX
+        return channels_last_flat(z, self.embedding_dim)
 
     def _nearest(self, flat: Tensor) -> Tensor:
         codebook = self.embedding.detach().float()
@@ -144,6 +190,10 @@ class VectorQuantizer(nn.Module):
             indices = self._nearest(flat).reshape(z.shape[0], *z.shape[2:])
             return self.indices_to_latents(indices), indices
 
+    def snap(self, z: Tensor) -> Tensor:
+        """Nearest codes of latents already in code space (what `decode_latents` decodes)."""
+        return self.quantize(z)[0]
+
     def indices_to_latents(self, indices: Tensor) -> Tensor:
         """Inverse of the lookup: (B, *spatial) int indices -> (B, D, *spatial) float32 codes."""
         if indices.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
@@ -155,30 +205,22 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = self._flatten(z)
+            if self.training and not bool(self.initialized):
+                self._initialise(flat.detach())
             indices = self._nearest(flat)
             codes = F.embedding(indices, self.embedding.float())  # (N, D); grad to codebook if not ema
-            counts = torch.bincount(indices, minlength=self.num_embeddings).float()
-
+            counts, perplexity, usage = code_stats(indices, self.num_embeddings)
             loss_terms = {"commitment": self.commitment_cost * F.mse_loss(flat, codes.detach())}
             if not self.ema:
                 loss_terms["codebook"] = F.mse_loss(codes, flat.detach())
-            probs = counts / counts.sum()
-            perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-            usage = (counts > 0).float().mean()
-
-            if self.training and not bool(self.initialized):
-                self._initialise(flat.detach())
-                indices = self._nearest(flat)
-                codes = F.embedding(indices, self.embedding.float())
-                counts = torch.bincount(indices, minlength=self.num_embeddings).float()
-                loss_terms = {"commitment": self.commitment_cost * F.mse_loss(flat, codes.detach())}
-                if not self.ema:
-                    loss_terms["codebook"] = F.mse_loss(codes, flat.detach())
             if self.training:
                 self._update(flat.detach(), indices, counts)
 
-            codes = codes.reshape(z.shape[0], *z.shape[2:], self.embedding_dim).movedim(z.ndim - 1, 1)
-            quantized = z + (codes - z).detach()  # straight-through estimator
+            if self.gradient == "rotation":
+                quantized = rotation_trick(flat, codes.detach())
+            else:
+                quantized = flat + (codes - flat).detach()  # straight-through estimator
+            quantized = quantized.reshape(z.shape[0], *z.shape[2:], self.embedding_dim).movedim(z.ndim - 1, 1)
         return QuantizerOutput(
             quantized=quantized,
             indices=indices.reshape(z.shape[0], *z.shape[2:]),

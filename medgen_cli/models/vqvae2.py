@@ -17,7 +17,8 @@ from torch import Tensor
 
 from medgen_cli.models.backbone import Decoder, Encoder, FactorsArg
 from medgen_cli.models.base import AEOutput, Autoencoder, make_specs
-from medgen_cli.models.quantizers import QuantizerOutput, VectorQuantizer
+from medgen_cli.models.quantization import build_quantizer, quantizer_config, resolve_codebook
+from medgen_cli.models.quantizers import QuantizerOutput
 from medgen_cli.nn.blocks import Upsample
 from medgen_cli.nn.layers import make_conv, pool_cls
 
@@ -38,6 +39,8 @@ class VQVAE2(Autoencoder):
         top_downsample: top per-level factors, relative to the bottom grid (default 2 per level).
         embedding_dim: code width of both codebooks.
         num_embeddings: size of each codebook.
+        quantizer, fsq_levels, vq_gradient, entropy_weight: the quantiser of both levels (as `VQVAE`).
+        layout, mid_blocks, res_kernels: as `VQVAE`, for both pyramids.
         Remaining kwargs: as `VQVAE`.
 
     `encode_to_latents` returns (B, 2 * embedding_dim, *bottom_grid): the top codes repeated to
@@ -58,12 +61,19 @@ class VQVAE2(Autoencoder):
         num_res_blocks: int | Sequence[int] = 1,
         downsample: FactorsArg = None,
         top_downsample: FactorsArg = None,
-        embedding_dim: int = 8,
-        num_embeddings: int = 256,
+        embedding_dim: int | None = None,
+        num_embeddings: int | None = None,
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         ema: bool = True,
         dead_code_threshold: float = 1.0,
+        quantizer: str = "vq",
+        fsq_levels: Sequence[int] | None = None,
+        vq_gradient: str = "ste",
+        entropy_weight: float = 0.1,
+        layout: str = "full",
+        mid_blocks: int = 2,
+        res_kernels: Sequence[int] = (3, 3),
         norm: str = "group",
         num_groups: int = 8,
         attention_levels: Sequence[int] = (),
@@ -78,20 +88,24 @@ class VQVAE2(Autoencoder):
         super().__init__()
         out_channels = out_channels or in_channels
         shared = (mid_attention, upsample_mode, norm, num_groups, dropout, factorized_3d, rezero, num_heads)
-        bottom, opts = make_specs(spatial_dims, channels, downsample, num_res_blocks, attention_levels, *shared)
+        layout_kw = dict(layout=layout, mid_blocks=mid_blocks, res_kernels=res_kernels)
+        bottom, opts = make_specs(spatial_dims, channels, downsample, num_res_blocks, attention_levels, *shared, **layout_kw)
         # attention_levels and a per-level num_res_blocks index the bottom pyramid; the top pyramid is
         # small: attention in its middle only, and the bottom's largest block count at every level
         top_blocks = num_res_blocks if isinstance(num_res_blocks, int) else max(num_res_blocks)
-        top, _ = make_specs(spatial_dims, top_channels, top_downsample, top_blocks, (), *shared)
+        top, _ = make_specs(spatial_dims, top_channels, top_downsample, top_blocks, (), *shared, **layout_kw)
         width = bottom.channels[-1]
-        vq_kwargs = dict(commitment_cost=commitment_cost, decay=decay, dead_code_threshold=dead_code_threshold, ema=ema)
+        embedding_dim, num_embeddings, fsq_levels = resolve_codebook(quantizer, embedding_dim, num_embeddings, fsq_levels)
+        vq_kwargs = dict(fsq_levels=fsq_levels, commitment_cost=commitment_cost, decay=decay,
+                         dead_code_threshold=dead_code_threshold, ema=ema, vq_gradient=vq_gradient,
+                         entropy_weight=entropy_weight)
 
         self.enc_bottom = Encoder(bottom, opts, in_channels, width)
         self.enc_top = Encoder(top, opts, width, embedding_dim)
-        self.quant_top = VectorQuantizer(num_embeddings, embedding_dim, **vq_kwargs)
+        self.quant_top = build_quantizer(quantizer, embedding_dim, num_embeddings, **vq_kwargs)
         self.dec_top = Decoder(top, opts, embedding_dim, width)
         self.pre_bottom = make_conv(spatial_dims, 2 * width, embedding_dim, 1)
-        self.quant_bottom = VectorQuantizer(num_embeddings, embedding_dim, **vq_kwargs)
+        self.quant_bottom = build_quantizer(quantizer, embedding_dim, num_embeddings, **vq_kwargs)
         self.up_top = Upsample(spatial_dims, embedding_dim, embedding_dim, top.total_factor, upsample_mode)
         self.decoder = Decoder(bottom, opts, 2 * embedding_dim, out_channels)
         self.top_factor = top.total_factor
@@ -102,7 +116,9 @@ class VQVAE2(Autoencoder):
                 channels=bottom.channels, top_channels=top.channels, num_res_blocks=num_res_blocks,
                 downsample=bottom.downsample, top_downsample=top.downsample, embedding_dim=embedding_dim,
                 num_embeddings=num_embeddings, commitment_cost=commitment_cost, decay=decay, ema=ema,
-                dead_code_threshold=dead_code_threshold, norm=norm, num_groups=num_groups,
+                dead_code_threshold=dead_code_threshold,
+                **quantizer_config(quantizer, fsq_levels, vq_gradient, entropy_weight),
+                layout=layout, mid_blocks=mid_blocks, res_kernels=list(res_kernels), norm=norm, num_groups=num_groups,
                 attention_levels=bottom.attention_levels, mid_attention=mid_attention, num_heads=num_heads,
                 dropout=dropout, factorized_3d=factorized_3d, rezero=rezero, upsample_mode=upsample_mode,
                 recon_loss=recon_loss,
@@ -175,5 +191,5 @@ class VQVAE2(Autoencoder):
 
     def decode_latents(self, z: Tensor) -> Tensor:
         z_top, z_bottom = z.float().chunk(2, dim=1)
-        q_top = self.quant_top.quantize(self.pool_top(z_top))[0]
-        return self.decode(q_top, self.quant_bottom.quantize(z_bottom)[0])
+        q_top = self.quant_top.snap(self.pool_top(z_top))
+        return self.decode(q_top, self.quant_bottom.snap(z_bottom))

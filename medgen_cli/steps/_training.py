@@ -26,7 +26,7 @@ from ..train import distributed as dist_utils
 from ..train.distributed import DistContext
 from ..train.metrics_log import read_metrics
 from ..train.allocator import tune_allocator
-from ..train.precision import Precision, resolve_precision, select_device
+from ..train.precision import Precision, resolve_precision, select_device, set_threads
 
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -40,21 +40,24 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def training_runtime(device_name: str, precision_name: str, threads: int = 0
+def training_runtime(device_name: str, precision_name: str, threads: int = 0, cpu_bf16: bool = False
                      ) -> Iterator[tuple[DistContext, torch.device, Precision]]:
     """(ctx, device, precision) for one training run; the process group is destroyed on exit.
 
     Args:
         device_name: runtime.device (auto, cpu, cuda, mps).
         precision_name: train.precision (auto, fp32, bf16, fp16).
-        threads: torch CPU threads (0 = torch's default).
+        threads: torch CPU threads (runtime.threads; 0 = torch's default).
+        cpu_bf16: precision auto may pick bf16 on CPUs with native bf16 (train-ae).
     """
-    if threads:
-        torch.set_num_threads(threads)
+    try:
+        set_threads(threads)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     tune_allocator()
     try:
         device = select_device(device_name, dist_utils.env_context().local_rank)
-        precision = resolve_precision(precision_name, device)
+        precision = resolve_precision(precision_name, device, cpu_bf16=cpu_bf16)
     except ValueError as err:
         raise UsageError(str(err)) from None
     ctx = dist_utils.setup(device)

@@ -34,9 +34,10 @@ from ..io.store import store_path
 from ..models.registry import build_autoencoder, build_discriminator
 from ..settings.train import TrainAESettings
 from ..train import distributed as dist_utils
-from ..train.ae_task import AutoencoderTask, latent_scale
+from ..train.ae_task import AutoencoderTask, compile_pyramids, latent_scale
 from ..train.loop import Trainer
 from ..train.losses import ReconstructionLoss
+from ..train.precision import channels_last_format, use_channels_last
 from ._training import MODEL_FILE, MODEL_JSON, finish_metrics, open_on_main, seed_everything, training_runtime, write_model
 
 log = logging.getLogger(__name__)
@@ -160,19 +161,25 @@ def run(settings: TrainAESettings, out: Path | str, *, overwrite: bool = False, 
         resume: continue an interrupted ``out.partial`` from its last checkpoint.
         progress: ``progress(step, total, text)`` after every optimizer step (rank 0 only).
     """
-    with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads) as (
-            ctx, device, precision):
+    with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads,
+                          cpu_bf16=True) as (ctx, device, precision):
         return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
 
 
 def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> TrainAEResult:
+    if settings.data.val_split == "test" and settings.train.select == "best":
+        log.warning("data.val_split is 'test' and train.select 'best': the weights are chosen on the test split, so "
+                    "scores on it are biased; validate on 'val' (or the training items) or set train.select=last")
     data, ref = _open_data(settings)
     _check_geometry(settings, data)
     seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     model, disc = _build_models(settings, data.spatial_dims)
-    model.to(device)
-    if disc is not None:
-        disc.to(device)
+    # weights stay float32 (autocast computes in bf16/fp16); channels_last only changes the strides
+    channels_last = use_channels_last(settings.train.channels_last, precision)
+    memory_format = channels_last_format(data.spatial_dims) if channels_last else None
+    for module in (model, disc):
+        if module is not None:
+            module.to(device=device, memory_format=memory_format or torch.preserve_format)
 
     # rank 0 owns the artefact; the others learn where it is
     writer = ArtefactWriter(out, "autoencoder", settings.model_dump(mode="json"), [ref], overwrite=overwrite,
@@ -212,13 +219,16 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         adversarial_loss=adv.loss, adversarial_weight=adv.weight, adversarial_start=adv.start_step,
         adaptive=adv.adaptive, augmentation=augmentation.to(device) if augmentation is not None else None,
         image_dir=partial / "plots" if ctx.is_main else None, save_images=settings.train.save_images,
-        meta_of=data.meta_of,
+        meta_of=data.meta_of, memory_format=memory_format,
     )
     seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
     trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
+    if settings.train.compile:  # after the weight EMA copied the eager model
+        log.info("compiling %d encoder/decoder pyramids with torch.compile", compile_pyramids(model))
     resumed = trainer.resume() if resume else False
-    log.info("training %s (%dD, input %s) on %s (%s), %d process(es)%s", settings.model.kind, data.spatial_dims,
-             list(data.input_shape), device, precision.name, ctx.world_size, ", resumed" if resumed else "")
+    log.info("training %s (%dD, input %s) on %s (%s%s), %d process(es)%s", settings.model.kind, data.spatial_dims,
+             list(data.input_shape), device, precision.name, ", channels_last" if memory_format else "",
+             ctx.world_size, ", resumed" if resumed else "")
     state = trainer.fit()
 
     weights, chosen_step = trainer.final_weights()
@@ -227,14 +237,15 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     final.eval()
     result = TrainAEResult(out=out, model=final, rank=ctx.rank)
     if ctx.is_main:
-        result.summary = _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision)
+        result.summary = _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision,
+                                 memory_format is not None)
         writer.commit(result.summary)
         log.info("wrote %s", out)
     dist_utils.barrier()
     return result
 
 
-def _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision) -> dict[str, Any]:
+def _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision, channels_last) -> dict[str, Any]:
     """Latent scale (KL), model files and plots, and the manifest summary (rank 0)."""
     scale, scale_stats = None, {}
     if settings.model.kind == "klvae":
@@ -256,6 +267,7 @@ def _finish(settings, data, partial, final, trainer, state, chosen_step, device,
         "latent_shape": list(final.latent_shape(data.input_shape)),
         "weights": "ema" if settings.train.ema else "model",
         "step": chosen_step,
+        "training_precision": precision.name,  # the weights are float32 either way
     }
     write_model(partial, final.state_dict(), info)
     last_val = finish_metrics(partial)
@@ -271,6 +283,9 @@ def _finish(settings, data, partial, final, trainer, state, chosen_step, device,
         "minutes": round(state.elapsed / 60.0, 3),
         "device": str(device),
         "precision": precision.name,
+        "channels_last": channels_last,
+        "compiled": settings.train.compile,
+        "planned_steps": state.planned_steps,
         "world_size": trainer.ctx.world_size,
         "parameters": sum(p.numel() for p in final.parameters()),
         "latent_scale": scale,

@@ -68,9 +68,12 @@ class AutoencoderTask:
         adversarial_weight: weight of the generator loss.
         adversarial_start: first step using the discriminator.
         adaptive: VQGAN's adaptive weight on the generator loss.
-        augmentation: batch augmentation applied on the device, or None.
+        augmentation: batch augmentation applied on the device (in float32, outside autocast), or None.
         image_dir: where reconstruction PNGs go (None: none).
         save_images: items per preview.
+        meta_of: item id -> ImageMeta, to orient the pictures radiologically.
+        memory_format: memory format of training batches (torch.channels_last(_3d) to match a model
+            converted to it), or None.
     """
 
     best_metric = "ssim"
@@ -82,7 +85,7 @@ class AutoencoderTask:
                  discriminator: nn.Module | None = None, adversarial_loss: str = "hinge",
                  adversarial_weight: float = 0.5, adversarial_start: int = 0, adaptive: bool = True,
                  augmentation: nn.Module | None = None, image_dir: Path | None = None, save_images: int = 4,
-                 meta_of: Callable[[str], Any] | None = None):
+                 meta_of: Callable[[str], Any] | None = None, memory_format: torch.memory_format | None = None):
         if adversarial_loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial_loss={adversarial_loss!r} must be one of {sorted(ADVERSARIAL_LOSSES)}")
         self.modules: dict[str, nn.Module] = {"model": model}
@@ -102,6 +105,7 @@ class AutoencoderTask:
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.save_images = save_images
         self.meta_of = meta_of  # item id -> ImageMeta, to orient the pictures radiologically
+        self.memory_format = memory_format
 
     # ------------------------------------------------------------------------------------ train
     def train_batches(self, epoch: int, start_batch: int) -> Iterable[dict]:
@@ -110,7 +114,10 @@ class AutoencoderTask:
     def training_step(self, batch: dict, step: int) -> dict[str, Tensor]:
         x = batch["image"].to(self.device, non_blocking=True)
         if self.augmentation is not None:
-            x = self.augmentation(x)
+            with torch.autocast(device_type=x.device.type, enabled=False):  # geometry in float32
+                x = self.augmentation(x.float())
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         out = self.modules["model"](x)
         recon = out.reconstruction
         rec_total, rec_terms = self.recon_loss(recon, x)
@@ -124,7 +131,7 @@ class AutoencoderTask:
             raw = unwrap(disc)
             raw.requires_grad_(False)  # generator pass: gradients reach the autoencoder only
             try:
-                g_loss = self.g_loss_fn(raw(recon))
+                g_loss = self.g_loss_fn(raw(recon).float())
             finally:
                 raw.requires_grad_(True)
             weight = torch.tensor(self.adversarial_weight, device=x.device)
@@ -132,7 +139,7 @@ class AutoencoderTask:
                 last = unwrap(self.modules["model"]).last_layer_weight()
                 weight = weight * adaptive_weight(rec_total, g_loss, last)
             real_logits, fake_logits = disc(torch.cat([x.detach(), recon.detach()])).chunk(2)
-            d_loss = self.d_loss_fn(real_logits, fake_logits)
+            d_loss = self.d_loss_fn(real_logits.float(), fake_logits.float())
             loss = loss + weight * g_loss + d_loss
             logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), adv_weight=weight.detach())
         return {"loss": loss, **logs}
@@ -180,6 +187,17 @@ class AutoencoderTask:
                                 [y[0].numpy() for _, y, _ in shown], metas=metas if all(metas) else None,
                                 vmin=lo, vmax=hi, labels=[i or str(n) for n, (_, _, i) in enumerate(shown)])
         return metrics
+
+
+def compile_pyramids(model: nn.Module) -> int:
+    """``torch.compile`` every encoder and decoder of ``model`` in place (quantisers stay eager:
+    their codebook updates branch on data); returns how many were compiled."""
+    from ..models.backbone import Decoder, Encoder
+
+    parts = [m for m in model.modules() if isinstance(m, (Encoder, Decoder))]
+    for part in parts:
+        part.compile()
+    return len(parts)
 
 
 @torch.no_grad()

@@ -17,6 +17,13 @@ and resuming. A task implements `TrainTask`:
 
 Resume is exact on the CPU: the checkpoint holds every piece of state the next step reads
 (weights, optimizer moments, schedules, EMA, RNG states of every rank, data position).
+
+With ``train.max_minutes`` the learning-rate schedules are sized in time: at a few fractions of
+the budget (``schedule.PLAN_MARKS``) the step count the budget allows is estimated from the speed
+measured since the previous estimate (validation and checkpoints included), and warm-up and decay
+are resized to it (never beyond ``train.steps``), so a budget-bound run ends at the decayed rate.
+The plan is saved with the schedules: a resumed run continues it, re-planning only at the marks
+still ahead.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from .distributed import DistContext, unwrap
 from .ema import ModelEMA
 from .metrics_log import MetricsLog
 from .precision import Precision
-from .schedule import build_scheduler
+from .schedule import PLAN_MARKS, build_scheduler, plan_steps, resize
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,9 @@ class TrainState:
     best_value: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
+    planned_steps: int | None = None  # time-bounded runs: the step count the schedules are sized for
+    plan_marks: int = 0  # how many of PLAN_MARKS have been used
+    plan_from: tuple[int, float] | None = None  # (step, elapsed) the next speed estimate starts from
     log_sums: dict[str, float] = field(default_factory=dict)  # training logs since the last record
     log_counts: dict[str, int] = field(default_factory=dict)
 
@@ -288,6 +298,29 @@ class Trainer:
                 })
         return metrics
 
+    def _replan(self, budget: float) -> None:
+        """At the next mark of the budget, size every schedule to the steps the remaining time allows."""
+        state = self.state
+        if state.plan_from is None or state.step <= 1:  # the first step pays one-off costs: measure after it
+            state.plan_from = (state.step, state.elapsed)
+            return
+        if state.plan_marks >= len(PLAN_MARKS):
+            return
+        due = dist_utils.any_rank(state.elapsed >= PLAN_MARKS[state.plan_marks] * budget, self.precision.device)
+        if not due or state.step <= state.plan_from[0]:
+            return
+        start_step, start_elapsed = state.plan_from
+        speed = (state.elapsed - start_elapsed) / (state.step - start_step)
+        marks = state.plan_marks
+        while marks < len(PLAN_MARKS) and state.elapsed >= PLAN_MARKS[marks] * budget:
+            marks += 1
+        planned = plan_steps(state.step, state.elapsed, budget, speed, self.train.steps)
+        planned, marks = dist_utils.broadcast_object((planned, max(marks, state.plan_marks + 1)))  # rank 0 decides
+        for scheduler in self.schedulers.values():
+            resize(scheduler.lr_lambdas[0], planned, self.train.steps, self.optim.warmup_steps)
+        state.planned_steps, state.plan_marks, state.plan_from = planned, marks, (state.step, state.elapsed)
+        log.debug("time budget: %.2f s/step, schedule sized for %d steps", speed, planned)
+
     def fit(self) -> TrainState:
         """Train until ``train.steps`` or the time budget; returns the final counters."""
         total = self.train.steps
@@ -307,10 +340,14 @@ class Trainer:
                 counts[key] = counts.get(key, 0) + 1
             rate_steps += 1
             step = self.state.step
+            if budget is not None:
+                self._replan(budget)
             out_of_time = budget is not None and dist_utils.any_rank(self.state.elapsed >= budget, self.precision.device)
             last = step >= total or out_of_time
             if step % self.train.log_every == 0 or last:
-                self.metrics.write(step, "train", {k: v / counts[k] for k, v in sums.items()} | {"elapsed_s": self.state.elapsed})
+                plan = {"planned_steps": self.state.planned_steps} if self.state.planned_steps else {}
+                self.metrics.write(step, "train", {k: v / counts[k] for k, v in sums.items()} | plan
+                                   | {"elapsed_s": self.state.elapsed})
                 sums.clear()
                 counts.clear()
             if (self.train.val_every and step % self.train.val_every == 0) or last:
@@ -325,7 +362,7 @@ class Trainer:
             self.state.elapsed += clock - now
             if self.progress is not None:
                 speed = rate_steps / max(clock - rate_clock, 1e-9)
-                self.progress(step, total, f"loss {logs['loss']:.4f} · {speed:.2f} it/s")
+                self.progress(step, self.state.planned_steps or total, f"loss {logs['loss']:.4f} · {speed:.2f} it/s")
                 if clock - rate_clock > 10:
                     rate_clock, rate_steps = clock, 0
             if out_of_time:

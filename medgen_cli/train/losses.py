@@ -87,7 +87,11 @@ class ReconstructionLoss(nn.Module):
         return 1.0 - ssim3d_multiscale(x, y, self.data_range).mean()
 
     def forward(self, reconstruction: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return (weighted total, unweighted terms with positive weight)."""
+        """Return (weighted total, unweighted terms with positive weight), computed in float32 (also under autocast)."""
+        with torch.autocast(device_type=reconstruction.device.type, enabled=False):
+            return self._terms(reconstruction, target)
+
+    def _terms(self, reconstruction: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
         diff = reconstruction.float() - target.float()
         if self.weights["l1"] > 0:

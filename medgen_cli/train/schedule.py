@@ -1,7 +1,14 @@
-"""Learning-rate schedules: linear warmup, then constant, cosine or linear decay to a floor.
+"""Learning-rate schedules: linear warmup, then constant, cosine or linear decay to a floor; and the
+step plan of a time-bounded run.
 
 The schedule is a callable object (not a lambda) so ``LambdaLR.state_dict()`` stores its plain
 fields and a checkpoint loads with ``torch.load(weights_only=True)``.
+
+A run bounded by a wall-clock budget does not know its length in steps. `plan_steps` estimates it
+from the measured speed, and the `Trainer` re-plans at a few fixed fractions of the budget
+(`PLAN_MARKS`), resizing warm-up and decay of every `WarmupDecay` so the learning rate reaches its
+floor when the time runs out. The plan lives in the schedule's fields, so a checkpoint freezes it
+and a resumed run continues the same schedule.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 SCHEDULES = ("constant", "cosine", "linear")
+# fractions of a time budget at which the step plan is (re)estimated: early enough to shape the
+# warm-up, late enough that the last estimate is close to the true end
+PLAN_MARKS = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 class WarmupDecay:
@@ -53,5 +63,23 @@ class WarmupDecay:
 
 def build_scheduler(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, schedule: str = "cosine",
                     min_lr_ratio: float = 0.0) -> LambdaLR:
-    """A ``LambdaLR`` stepping once per optimizer step with a `WarmupDecay` multiplier."""
+    """A ``LambdaLR`` stepping once per optimizer step with a `WarmupDecay` multiplier (the warm-up at
+    most ``total_steps - 1`` steps)."""
+    warmup_steps = min(warmup_steps, max(0, total_steps - 1))
     return LambdaLR(optimizer, WarmupDecay(total_steps, warmup_steps, schedule, min_lr_ratio))
+
+
+def plan_steps(step: int, elapsed: float, budget: float, seconds_per_step: float, max_steps: int) -> int:
+    """Total steps a run at ``step`` after ``elapsed`` of ``budget`` seconds will reach at
+    ``seconds_per_step`` (at least ``step + 1``, at most ``max_steps``)."""
+    if not seconds_per_step > 0:
+        return max_steps
+    remaining = max(0.0, budget - elapsed) / seconds_per_step
+    return int(min(max_steps, max(step + 1, math.floor(step + remaining))))
+
+
+def resize(schedule: WarmupDecay, total_steps: int, configured_total: int, configured_warmup: int) -> None:
+    """Fit ``schedule`` to ``total_steps``; warm-up keeps its configured fraction of the run."""
+    schedule.total_steps = int(total_steps)
+    scaled = round(configured_warmup * total_steps / max(1, configured_total))
+    schedule.warmup_steps = int(min(configured_warmup, max(0, min(scaled, total_steps - 1))))

@@ -87,3 +87,36 @@ def test_factor_errors():
         Downsample(3, 4, factor=(2, 0, 1))
     with pytest.raises(ValueError, match="mode='bilinear'"):
         Upsample(2, 4, mode="bilinear")
+
+
+def test_depth_to_space_matches_pixel_shuffle_and_generalises_to_3d():
+    import torch.nn.functional as F
+
+    from medgen_cli.nn.blocks import depth_to_space
+
+    x = torch.randn(2, 12, 5, 7)
+    torch.testing.assert_close(depth_to_space(x, (2, 2)), F.pixel_shuffle(x, 2))
+    v = torch.randn(1, 2 * 8, 3, 4, 5)
+    out = depth_to_space(v, (2, 2, 2))
+    assert out.shape == (1, 2, 6, 8, 10)
+    # channel c * 8 + (i * 4 + j * 2 + k) lands at (2d + i, 2h + j, 2w + k)
+    assert out[0, 1, 2 * 1 + 1, 2 * 2 + 0, 2 * 3 + 1] == v[0, 1 * 8 + 1 * 4 + 0 * 2 + 1, 1, 2, 3]
+    anisotropic = depth_to_space(torch.randn(1, 4 * 3, 2, 2, 2), (2, 2, 1))
+    assert anisotropic.shape == (1, 3, 4, 4, 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        depth_to_space(torch.randn(1, 6, 4, 4), (2, 2))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_shuffle_upsample_starts_as_nearest_upsampling_of_one_convolution(spatial_dims):
+    """ICNR: the sub-pixel convolution's sub-positions share one filter, so it equals nearest(conv(x))."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    up = Upsample(spatial_dims, 4, 3, 2, mode="shuffle")
+    x = torch.randn(2, 4, *(5,) * spatial_dims)
+    conv = up.conv.conv
+    base = F.conv2d if spatial_dims == 2 else F.conv3d
+    n = 2**spatial_dims
+    expected = F.interpolate(base(x, conv.weight[::n], conv.bias[::n], padding=1), scale_factor=2, mode="nearest")
+    torch.testing.assert_close(up(x), expected)

@@ -1,5 +1,6 @@
 """The generic Trainer: a task's loss goes down on a fixed batch; accumulation and time budget."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -89,3 +90,45 @@ def test_time_budget_stops_early_and_keeps_best(tmp_path):
     assert 2 <= state.step < 1000 and state.stopped_early
     weights, step = trainer.final_weights()
     assert step == state.best_step and "w" in weights
+
+
+def _budget_trainer(tmp_path, task=None, **optim):
+    optim = {"lr": 0.1, "warmup_steps": 200, "min_lr_ratio": 0.1, **optim}
+    return Trainer(task or _Slow(), OptimSettings(**optim),
+                   TrainSettings(steps=10_000, max_minutes=1.2 / 60, val_every=0, log_every=1, checkpoint_every=10**6),
+                   resolve_precision("fp32", torch.device("cpu")), tmp_path)
+
+
+def test_time_budget_sizes_warmup_and_decay_so_the_run_ends_at_the_floor(tmp_path):
+    trainer = _budget_trainer(tmp_path)
+    state = trainer.fit()
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["phase"] == "train"]
+    planned = state.planned_steps
+    assert state.stopped_early and planned is not None and 10 < state.step < 10_000
+    assert abs(planned - state.step) <= max(4, 0.2 * state.step), (planned, state.step)
+    schedule = trainer.schedulers["model"].lr_lambdas[0]
+    assert schedule.total_steps == planned and schedule.warmup_steps == round(200 * planned / 10_000)
+    assert max(lrs) > 0.09  # the peak was reached ...
+    assert lrs[-1] < 0.1 * (0.1 + 0.2 * 0.9), lrs[-5:]  # ... and the last steps ran close to the floor (0.01)
+    # sized for train.steps instead (the behaviour before), the last rate would still be near the peak
+    from medgen_cli.train.schedule import WarmupDecay
+
+    assert WarmupDecay(10_000, 200, "cosine", 0.1)(state.step) < 0.3
+
+    # the plan is saved with the schedules: a resumed trainer continues it
+    fresh = _budget_trainer(tmp_path / "again")
+    fresh.load_state_dict(trainer.state_dict())
+    assert fresh.schedulers["model"].lr_lambdas[0].total_steps == planned and fresh.state.planned_steps == planned
+    assert fresh.schedulers["model"].get_last_lr() == trainer.schedulers["model"].get_last_lr()
+
+
+def test_plan_steps_and_resize():
+    from medgen_cli.train.schedule import WarmupDecay, plan_steps, resize
+
+    assert plan_steps(10, 5.0, 60.0, 0.5, 10_000) == 120
+    assert plan_steps(10, 5.0, 60.0, 0.5, 100) == 100  # never beyond train.steps
+    assert plan_steps(10, 70.0, 60.0, 0.5, 100) == 11  # out of time: at least one more step
+    schedule = WarmupDecay(1000, 100, "cosine", 0.1)
+    resize(schedule, 250, 1000, 100)
+    assert (schedule.total_steps, schedule.warmup_steps) == (250, 25)
+    assert schedule(249) == pytest.approx(0.1, abs=1e-3) and schedule(25) == pytest.approx(1.0)
