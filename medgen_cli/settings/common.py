@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import FloatTuple, IntTuple, Section
+from .base import FloatTuple, IntTuple, OptionalText, Section
 
 
 class RuntimeSettings(Section):
@@ -51,7 +51,7 @@ class DataSettings(Section):
     path: str = Field("", description="A preprocessed (or latents) artefact directory.")
     store: str = Field("main", description="Store inside the artefact: main, or a derived one (drr, lowdose, downsample2).")
     train_split: str = Field("train", description="Split used for training.")
-    val_split: str = Field("val", description="Split used for validation (empty: none).")
+    val_split: OptionalText = Field("val", description="Split used for validation (empty or null: none).")
     patch_size: IntTuple | None = Field(None, description="Random patches of this size instead of whole items.")
     batch_size: int = Field(8, ge=1, description="Items per batch (per process under torchrun).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")

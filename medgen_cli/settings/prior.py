@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import IntTuple, Section
+from .base import IntTuple, PerLevelInts, Section
 from .common import DataSettings, RuntimeSettings
 from .train import OptimSettings, TrainSettings
 
@@ -155,7 +155,7 @@ class DiffusionSettings(Section):
         None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual); null = plain MSE."
     )
     base_channels: int = Field(64, ge=1, description="UNet: channels of the first level.")
-    channel_mults: IntTuple = Field((1, 2, 4), description="UNet: channel multiplier per level (one 2x downsampling\n"
+    channel_mults: PerLevelInts = Field((1, 2, 4), description="UNet: channel multiplier per level (one 2x downsampling\n"
                                     "between levels: the latent grid must be divisible by 2^(levels-1)).")
     num_res_blocks: int = Field(2, ge=1, description="UNet: residual blocks per level.")
     attention_levels: IntTuple = Field((), description="UNet: levels (0-based) with self-attention after each block.")

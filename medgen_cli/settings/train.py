@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from .base import FloatTuple, IntTuple, Section, _csv
+from .base import FloatTuple, IntTuple, PerLevelInts, Section, _csv
 from .common import AugmentSettings, DataSettings, RuntimeSettings
 
 AE_KINDS = ("vqvae", "vqvae2", "vqgan", "klvae")
@@ -160,7 +160,7 @@ class AutoencoderSettings(Section):
     kind: Literal["vqvae", "vqvae2", "vqgan", "klvae"] = Field(
         "vqvae", description="Autoencoder: vqvae, vqvae2 (hierarchical), vqgan (VQ + discriminator) or klvae (continuous)."
     )
-    channels: IntTuple = Field((64, 128), description="Encoder channels per level (the decoder mirrors them).")
+    channels: PerLevelInts = Field((64, 128), description="Encoder channels per level (the decoder mirrors them).")
     num_res_blocks: IntTuple = Field(
         (2,),
         description="Residual blocks per level: one value for every level, or one per level (0 allowed);\n"
@@ -198,7 +198,7 @@ class AutoencoderSettings(Section):
     dead_code_threshold: float = Field(
         1.0, ge=0, description="VQ: restart codes whose EMA usage (vectors per batch) falls below this (0 = never)."
     )
-    top_channels: IntTuple = Field((128,), description="vqvae2: channels per level of the top encoder.")
+    top_channels: PerLevelInts = Field((128,), description="vqvae2: channels per level of the top encoder.")
     top_downsample: Factors | None = Field(None, description="vqvae2: per-level factors of the top encoder (null = 2).")
     latent_channels: int = Field(4, ge=1, description="klvae: latent channels.")
     kl_weight: float = Field(1e-6, ge=0, description="klvae: weight of the KL term.")

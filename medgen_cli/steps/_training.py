@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..train import distributed as dist_utils
 from ..train.distributed import DistContext
 from ..train.metrics_log import read_metrics
+from ..train.checkpoint import write_atomic
 from ..train.allocator import tune_allocator
 from ..train.precision import Precision, resolve_precision, select_device, set_threads
 
@@ -84,8 +85,11 @@ def open_on_main(ctx: DistContext, writer: ArtefactWriter | None) -> Path:
 
 def write_model(partial: Path, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Write ``model.safetensors`` (the weights) and ``model.json`` (``info``) into ``partial``."""
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(partial / MODEL_FILE))
-    (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
+    # through a temporary file: a full disk is one sentence and leaves no half-written weights
+    write_atomic(partial / MODEL_FILE, lambda tmp: save_file(tensors, str(tmp)), "write weights")
+    text = json.dumps(info, indent=2) + "\n"
+    write_atomic(partial / MODEL_JSON, lambda tmp: tmp.write_text(text), "write model.json")
 
 
 def finish_metrics(partial: Path) -> dict[str, Any]:

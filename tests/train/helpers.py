@@ -40,7 +40,7 @@ TINY = {
     "vqvae": ["model.embedding_dim=8", "model.num_embeddings=32"],
     "vqgan": ["model.embedding_dim=8", "model.num_embeddings=32", "adversarial.channels=8", "adversarial.layers=2",
               "adversarial.start_step=1"],
-    "vqvae2": ["model.embedding_dim=8", "model.num_embeddings=32", "model.top_channels=8"],
+    "vqvae2": ["model.embedding_dim=8", "model.num_embeddings=32", "model.top_channels=[8]"],
     "klvae": ["model.latent_channels=4"],
 }
 
