@@ -19,7 +19,7 @@ def test_flip_each_axis(spatial_dims):
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_identity_when_off(spatial_dims):
-    assert build_augmentation(spatial_dims, AugmentSettings().model_dump()) is None
+    assert build_augmentation(spatial_dims, AugmentSettings(enabled=False).model_dump()) is None  # default is on (issue 13)
     assert build_augmentation(spatial_dims, enabled=False, flip=(1.0,), rotate=10) is None
     assert build_augmentation(spatial_dims, enabled=True) is None  # every range is zero
 
