@@ -15,14 +15,13 @@ machine hits them alike:
 - ``klvae_3d``: the same in 3D, 1 x 32^3, batch 2.
 
 Variants: ``medgen`` = `medgen train-ae`'s defaults for that channel list (settings defaults: the
-"strided" layout, no middle block, precision auto = bf16 autocast on CPUs with AMX/AVX512-BF16,
-channels_last auto), run the way the trainer runs them; ``medgen_fp32``: the same network in fp32
-(the layout's share of the gain); ``medgen_full_fp32``: the full-resolution layout medgen shipped
-before (``model.layout: full, model.mid_blocks: 2``); ``monai``: MONAI's model in fp32, as MONAI
-trains on the CPU; ``monai_bf16``: MONAI under the same bf16 autocast (information: what the
+"strided" layout, no middle block, 3x3 + 1x1 residual blocks, precision auto = bf16 autocast on
+CPUs with AMX/AVX512-BF16, channels_last auto), run the way the trainer runs them; ``medgen_fp32``: the same network in fp32
+(the layout's share of the gain); ``medgen_full_fp32``: the network medgen shipped before
+(``model.layout: full, model.mid_blocks: 2, model.res_kernels: [3, 3]``); ``monai``: MONAI's model
+in fp32, as MONAI trains on the CPU; ``monai_bf16``: MONAI under the same bf16 autocast (information: what the
 precision alone buys it). ``--compile`` adds ``medgen_compiled`` (torch.compile of encoder and
-decoder; its compilation time is reported apart). Residual blocks: MONAI's 2 per level, medgen's
-default 2 per level.
+decoder; its compilation time is reported apart). Residual blocks: 2 per level in both.
 
 Writes ``benchmarks/results/ae.json``. MONAI is imported from ``benchmarks/.monai`` only.
 
@@ -66,11 +65,13 @@ ARCHITECTURE_NOTES = {
         "medgen defaults (layout 'strided'): a stride-2 3x3 stem conv, 2 blocks at 1/2 (64 ch), a stride-2 conv "
         "to 128 ch, 2 blocks at 1/4; no middle block; decoder mirrored, nearest + 3x3 conv between levels and a "
         "sub-pixel 3x3 conv (ICNR) to the image. MONAI: stride-2 kernel-4 convs before each level's residual "
-        "layers, transposed kernel-4 convs in the decoder. Same arithmetic within ~5 %.",
+        "layers, transposed kernel-4 convs in the decoder.",
+        "Residual blocks: medgen's default is the original VQ-VAE unit, a 3x3 then a 1x1 conv (model.res_kernels "
+        "[3, 1]); MONAI's VQVAEResidualUnit is two 3x3 convs. medgen's default step is ~0.66x MONAI's arithmetic.",
         "Norm: MONAI none; medgen group norm (8 groups). Activation: MONAI ReLU (post-activation residual unit); "
         "medgen SiLU, pre-activation, ReZero gate. Residual channels: MONAI num_res_channels = channels.",
-        "medgen_full_fp32: the layout medgen shipped before (full-resolution first level, 2 middle blocks): "
-        "about 5x (2D) / 10x (3D) the arithmetic.",
+        "medgen_full_fp32: the network medgen shipped before (full-resolution first level, 2 middle blocks, two "
+        "3x3 convs per block): about 5x (2D) / 10x (3D) MONAI's arithmetic.",
         "Precision: medgen bf16 autocast (quantiser and losses in fp32, fp32 weights) where the CPU has native "
         "bf16; MONAI fp32 (its default); monai_bf16 shows MONAI under the same autocast.",
     ],
@@ -81,6 +82,7 @@ ARCHITECTURE_NOTES = {
         "middle block in encoder and decoder (with_encoder/decoder_nonlocal_attn default True), 1x1 quant convs. "
         "medgen defaults: layout 'strided' (levels at 1/2, 1/4, 1/4), group norm with 8 groups, no middle "
         "block, ReZero gates: a fraction of MONAI's arithmetic for the same channel list and latent grid.",
+        "Residual blocks: medgen 3x3 + 1x1 (model.res_kernels [3, 1]), MONAI two 3x3.",
         "Attention: medgen uses torch scaled_dot_product_attention (when enabled); MONAI 1.6.1's default "
         "(use_flash_attention=False) builds the attention matrix explicitly.",
     ],
@@ -140,8 +142,8 @@ def variants(case: str, spatial_dims: int, compile_: bool) -> dict:
     out = {
         "medgen": (lambda: medgen_default(kind, spatial_dims), medgen_loss, "auto", None, False),
         "medgen_fp32": (lambda: medgen_default(kind, spatial_dims), medgen_loss, "fp32", None, False),
-        "medgen_full_fp32": (lambda: medgen_default(kind, spatial_dims, layout="full", mid_blocks=2), medgen_loss,
-                             "fp32", False, False),
+        "medgen_full_fp32": (lambda: medgen_default(kind, spatial_dims, layout="full", mid_blocks=2, res_kernels=(3, 3)),
+                             medgen_loss, "fp32", False, False),
         "monai": (lambda: monai_build(spatial_dims), monai_loss, "fp32", False, False),
         "monai_bf16": (lambda: monai_build(spatial_dims), monai_loss, "bf16", False, False),
     }

@@ -2,7 +2,7 @@
 
 Two parts, written to ``benchmarks/results/tiled.json``:
 
-1. ``agreement``: tiled against whole-volume inference on a CT-like phantom (48^3 KL, 96^3 VQ)
+1. ``agreement``: tiled against whole-volume inference on a CT-like phantom (48^3 KL, 64^3 VQ)
    with 16^3 tile cores, for tiny realistic 3D KL and VQ autoencoders (tests/inference/conftest.py: medgen's
    default layout, ReZero gates opened, norm affines spread, VQ codebooks initialised from data),
    per normalisation schedule (exact progressive passes; 1, 2, 4 iterated passes) and per halo
@@ -94,8 +94,8 @@ def agreement() -> dict:
 
     out: dict = {"tile_core": 16}
     for kind in KINDS:
-        # the VQ model's receptive field is 32 voxels (factor 4): at 48^3 every tile would be the volume
-        x = phantom((48,) * 3 if kind == "klvae" else (96,) * 3)
+        # the VQ model's receptive field is 20 voxels (factor 4): at 48^3 its middle tile would be the volume
+        x = phantom((48,) * 3 if kind == "klvae" else (64,) * 3)
         model = tiny(kind, 3, x)
         whole_tiler = AutoencoderTiler(model, TilingOptions(mode="off"))
         t0 = time.perf_counter()

@@ -178,7 +178,9 @@ class AutoencoderSettings(Section):
     )
     mid_blocks: int = Field(0, ge=0, description="Residual blocks in the middle block of encoder and decoder (0 = none).")
     res_kernels: IntTuple = Field(
-        (3, 3), description="Kernels of the two convolutions of a residual block: [3, 3], or [3, 1] (10/18 of the arithmetic)."
+        (3, 1),
+        description="Kernels of the two convolutions of a residual block: [3, 1] (the original VQ-VAE's unit)\n"
+        "or [3, 3] (VQGAN/LDM's and medgen's earlier blocks: 18/10 of the arithmetic).",
     )
     quantizer: Literal["vq", "fsq", "lfq"] = Field(
         "vq",

@@ -42,7 +42,7 @@ def test_models_saved_before_the_layouts_rebuild_exactly(name):
         out = model.decode_latents(model.encode_to_latents(io["input"]))
     torch.testing.assert_close(out, io["output"], atol=1e-5, rtol=1e-5)
     config = model.config()
-    assert config["layout"] == "full" and config["mid_blocks"] == 2
+    assert config["layout"] == "full" and config["mid_blocks"] == 2 and config["res_kernels"] == [3, 3]
     if model.is_vq:
         assert config["quantizer"] == "vq" and config["vq_gradient"] == "ste"
 
@@ -95,6 +95,15 @@ def test_strided_layout_and_no_middle_cut_the_arithmetic():
     assert f_strided < 0.5 * f_full and f_lean < f_strided
     n_blocks = lambda m: sum(isinstance(b, ResBlock) for b in m.modules())
     assert n_blocks(strided) - n_blocks(lean) == 4  # two middle blocks in the encoder, two in the decoder
+    light = tiny("vqvae", 2, num_res_blocks=2, layout="strided", mid_blocks=0, res_kernels=(3, 1))
+    assert _flops(light, x) < 0.8 * f_lean
+    block = next(b for b in light.modules() if isinstance(b, ResBlock))
+    assert block.conv1.conv.kernel_size == (3, 3) and block.conv2.conv.kernel_size == (1, 1)
+    assert light.config()["res_kernels"] == [3, 1]
+    rebuilt = build_autoencoder(**json.loads(json.dumps(light.config())))
+    rebuilt.load_state_dict(light.state_dict())
+    with pytest.raises(ValueError, match=r"kernels=\[3, 2\]"):
+        tiny("vqvae", 2, res_kernels=(3, 2))
 
 
 @pytest.mark.parametrize("mode", ["nearest", "transpose"])

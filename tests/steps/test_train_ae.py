@@ -29,7 +29,8 @@ def test_writes_artefact_that_rebuilds_alone(tmp_path, kind, spatial_dims):
     assert info["kind"] == kind and info["spatial_dims"] == spatial_dims and info["data_range"] == 2.0
     assert info["intensity"]["unit"] == "HU" and info["input_shape"] == [16] * spatial_dims
     assert (info["latent_scale"] is not None) == (kind == "klvae")
-    assert info["config"]["layout"] == "strided" and info["config"]["mid_blocks"] == 0  # recorded, not implied
+    config = info["config"]
+    assert (config["layout"], config["mid_blocks"], config["res_kernels"]) == ("strided", 0, [3, 1])  # recorded, not implied
 
     model, loaded_info = load_autoencoder(out)
     assert loaded_info == info

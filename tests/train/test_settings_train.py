@@ -38,6 +38,7 @@ def test_registered_and_round_trips():
         (["model.kind=klvae", "model.quantizer=fsq"], "model.quantizer does not apply to model.kind = 'klvae'"),
         (["model.layout=diagonal"], "'model.layout' = 'diagonal'"),
         (["train.channels_last=maybe"], "'train.channels_last' = 'maybe'"),
+        (["model.res_kernels=3,2"], "model.res_kernels = [3, 2] must be two odd kernel sizes"),
     ],
 )
 def test_bad_settings_name_the_key(overrides, message):
@@ -59,7 +60,7 @@ def test_per_axis_downsampling_and_model_kwargs():
 def test_defaults_are_the_fast_layout_and_quantisers_map_to_model_kwargs():
     s = TrainAESettings()
     kwargs = s.model.model_kwargs(1)
-    assert (kwargs["layout"], kwargs["mid_blocks"], kwargs["quantizer"]) == ("strided", 0, "vq")
+    assert (kwargs["layout"], kwargs["mid_blocks"], kwargs["quantizer"], kwargs["res_kernels"]) == ("strided", 0, "vq", [3, 1])
     assert s.train.precision == "auto" and s.train.channels_last is None and not s.train.compile
     fsq = load_settings(TrainAESettings, None, ["model.quantizer=fsq", "model.fsq_levels=8,5,5"]).model
     assert fsq.codebook_size() == 200 and fsq.code_dim() == 3
