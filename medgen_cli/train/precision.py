@@ -7,10 +7,15 @@ with native bf16 arithmetic: AMX-BF16 or AVX512-BF16, read from /proc/cpuinfo's 
 ("AVX512") but not the bf16 extensions oneDNN uses for its bf16 convolutions and matmuls. Without
 them oneDNN emulates bf16 and autocast is slower than fp32, so those CPUs, and MPS, stay in fp32.
 Measured here (AVX512-BF16, no AMX; torch 2.13, one thread): a pair of 64-channel 3x3 convolutions
-forward + backward 1.9x (2D) and 2.0x (3D) faster under bf16 autocast; whole autoencoder steps
-1.8-2.6x. ``fp16`` autocast is CUDA-only and uses a gradient scaler. The weights, optimizer states,
-EMA copies and checkpoints stay float32 under autocast; quantisers, losses and metrics run in
-float32 (they disable autocast or cast themselves).
+forward + backward 1.9x (2D) and 2.0x (3D) faster under bf16 autocast; whole default autoencoder
+steps 1.6x (8 x 64^2) to 3.7x (1 x 32^3), though slower than fp32 on toy inputs (2 x 32^2).
+``fp16`` autocast is CUDA-only and uses a gradient scaler. The weights, optimizer states, EMA
+copies and checkpoints stay float32 under autocast; quantisers, losses and metrics run in float32
+(they disable autocast or cast themselves).
+
+Threads: `set_threads` applies ``runtime.threads`` (0 keeps torch's default, one per physical
+core). How idle OpenMP threads wait is fixed when torch loads, so it cannot be set here: medgen's
+package sets OMP_WAIT_POLICY=PASSIVE when unset (benchmarks/bench_contention.py).
 """
 
 from __future__ import annotations
