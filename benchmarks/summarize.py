@@ -38,7 +38,7 @@ def _s(x: float) -> str:
 
 
 def ae_section(r: dict) -> list[str]:
-    out = ["## Autoencoder training step (`bench_ae.py`, issue 3)", _flags(r),
+    out = ["## Autoencoder training step (`bench_ae.py`, issues 3 and 13)", _flags(r),
            "Forward + backward + Adam step, median of {} after a warm-up, {} threads. "
            "Ratio = MONAI time / medgen time (> 1: medgen faster). GFLOP = floating-point operations of "
            "one step (torch's counter).".format(r["repeats"], r["torch_threads"]), "",
@@ -168,19 +168,60 @@ def samplers_section(r: dict) -> list[str]:
     return out + [""]
 
 
+AE_VARIANTS = {"medgen": "medgen defaults", "medgen_fp32": "the same network in fp32",
+               "medgen_full_fp32": "the full-resolution network medgen shipped before, fp32",
+               "medgen_compiled": "defaults + torch.compile"}
+
+
+QUALITY_RUNS = {"script": "minimal VQ-VAE (BASELINES.md, ~60 lines)", "medgen": "medgen train-ae defaults",
+                "medgen_fsq": "defaults, FSQ quantiser", "medgen_lfq": "defaults, LFQ quantiser (1,024 codes)",
+                "medgen_rotation": "defaults, rotation-trick VQ gradients", "medgen_fp32": "defaults in fp32",
+                "steps_bf16": "defaults, bf16, fixed steps", "steps_fp32": "defaults, fp32, same steps"}
+
+
+def quality_section(r: dict) -> list[str]:
+    out = ["## Reconstruction quality per CPU-minute (`bench_quality.py`, issue 13)", _flags(r),
+           f"Trained on {r['train']}, scored on {r['held_out']}; every timed run {r['minutes']:g} min on one pinned "
+           f"core beside its pair on the other; SSIM with L = {r['data_range']:g} (the stored range). "
+           f"1-minute load average after each pair: {', '.join(map(str, r['load_average_after_pairs']))}.", "",
+           "| run | SSIM (medgen) | SSIM (scikit-image, Gaussian) | SSIM (scikit-image defaults) | PSNR dB | steps "
+           "| s/step | codebook usage |", "|---|---|---|---|---|---|---|---|"]
+    for name, v in r["runs"].items():
+        out.append(f"| {QUALITY_RUNS.get(name, name)} | **{v['ssim_medgen']:.4f}** | {v['ssim_skimage_gaussian']:.4f} "
+                   f"| {v['ssim_skimage_default']:.4f} | {v['psnr_db']:.2f} | {v['steps']} | {v['seconds_per_step']:.3f} "
+                   f"| {v['codebook_usage']:.1%} |")
+    out.append("")
+    if "margin_ssim_medgen" in r:
+        out.append(f"medgen − script: **{r['margin_ssim_medgen']:+.4f} SSIM** (target {r['target']}: "
+                   f"{'met' if r['target_met'] else '**not met**'}).")
+    if "bf16_minus_fp32_same_steps" in r:
+        out.append(f"bf16 − fp32 at the same steps: {r['bf16_minus_fp32_same_steps']:+.4f} SSIM.")
+    return out + [""]
+
+
+def contention_section(r: dict) -> list[str]:
+    out = ["## Training step with a competing busy process (`bench_contention.py`, issue 13)", _flags(r),
+           f"Median of {r['steps_per_phase']} steps × {r['rounds']} quiet/busy alternations; competitor: one busy "
+           f"{r['competitor']} process; {r['cpu_count']} CPUs.", "",
+           "| configuration | threads | quiet s/step | busy s/step | busy / quiet | busy / best quiet |",
+           "|---|---|---|---|---|---|"]
+    for name, v in r["configs"].items():
+        out.append(f"| {name} | {v['threads']} | {v['quiet_s']:.3f} | {v['busy_s']:.3f} | **{v['busy_over_quiet']:.2f}** "
+                   f"| {v['busy_vs_best_quiet']:.2f} |")
+    if r.get("target_met") is not None:
+        out += ["", f"Target: {r['target']} — {'met' if r['target_met'] else '**not met**'}."]
+    return out + [""]
+
+
 def headline() -> list[str]:
     """One line per comparison: the ratio MONAI time / medgen time."""
     out = ["## Headline ratios (MONAI time / medgen time; > 1 means medgen is faster)", ""]
     ae, prior, diffusion = _load("ae"), _load("prior"), _load("diffusion")
     if ae:
         for case, c in ae["cases"].items():
-            if "ratio_monai_over_medgen_matched" in c:
-                strided = (f", {c['ratio_monai_over_medgen_strided']:.2f} (medgen with MONAI's strided layout, "
-                           "num_res_blocks [0, 2, 2])") if "ratio_monai_over_medgen_strided" in c else ""
-                out.append(f"- {case} training step: {c['ratio_monai_over_medgen']:.2f} (medgen defaults), "
-                           f"{c['ratio_monai_over_medgen_matched']:.2f} (medgen matched to MONAI as far as it goes)" + strided)
-            else:
-                out.append(f"- {case} training step: {c['ratio_monai_over_medgen']:.2f} (same architecture)")
+            variants = [n for n in c["models"] if n.startswith("medgen")]
+            out.append(f"- {case} training step: " + ", ".join(
+                f"{c[f'ratio_monai_over_{n}']:.2f} ({AE_VARIANTS.get(n, n)})" for n in variants if f"ratio_monai_over_{n}" in c))
     if prior:
         for e in prior["results"].values():
             ra, n = e["ratios"], e["tokens"]
@@ -209,7 +250,8 @@ def main() -> None:
              "`python -m benchmarks.summarize`.", ""]
     lines += headline()
     for name, section in (("ae", ae_section), ("prior", prior_section), ("diffusion", diffusion_section),
-                          ("samplers", samplers_section)):
+                          ("samplers", samplers_section), ("quality", quality_section),
+                          ("contention", contention_section)):
         r = _load(name)
         lines += section(r) if r else [f"## {name}: not run (no results/{name}.json)", ""]
     SUMMARY.write_text("\n".join(lines))

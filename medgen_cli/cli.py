@@ -147,6 +147,8 @@ def _print_table(title: str, columns: tuple[str, ...], rows) -> None:
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Settings file (YAML, JSON or TOML); `medgen config show STEP` prints one.")
 SET_OPT = typer.Option([], "--set", "-s", help="Override one setting: key.path=value (repeatable).")
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the output directory if it exists.")
+THREADS_OPT = typer.Option(None, "--threads", min=0, help="CPU threads of this step (runtime.threads; default 0 = one per physical core). "
+                           "--threads 1 keeps a step steady on a machine other work shares.")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -157,6 +159,19 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise UsageError(f"--shard {text!r} needs 0 <= I < N (shards are numbered from 0), e.g. 0/4 ... 3/4")
     return i, n
+
+
+def _preprocess_threads(threads: int) -> None:
+    """Apply ``runtime.threads`` to preprocess's multi-threaded parts: SimpleITK's filters (resampling)
+    and torch (derived stores); 0 keeps their defaults."""
+    if not threads:
+        return
+    import SimpleITK as sitk
+
+    from .train.precision import set_threads
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    set_threads(threads)
 
 
 # ------------------------------------------------------------------------------------- preprocess
@@ -182,6 +197,7 @@ def preprocess_cmd(
     workers: Optional[int] = typer.Option(None, help="Worker processes."),
     shard: str = typer.Option("0/1", help="Process only shard I of N (0-based), e.g. 3/8 in a SLURM array."),
     strict: bool = typer.Option(False, help="Stop at the first bad input."),
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Read raw scans (NIfTI, DICOM, NRRD, MHA, PNG) into a chunked, compressed zarr store.
@@ -198,9 +214,10 @@ def preprocess_cmd(
             "geometry.orientation": orientation, "derive.outputs": derive or None, "split.fractions": split,
             "split.seed": seed, "input.subject_pattern": subject_pattern,
             "input.subject_csv": str(subject_csv) if subject_csv else None, "store.dtype": dtype,
-            "runtime.workers": workers,
+            "runtime.workers": workers, "runtime.threads": threads,
         }
         settings = load_settings(PreprocessSettings, config, set_, flags)
+        _preprocess_threads(settings.runtime.threads)
         shard_index = _parse_shard(shard)
         with progress_bar("preprocess") as update:
             result = preprocess.run(settings, out, overwrite=overwrite, shard=shard_index, strict=strict,
@@ -228,6 +245,7 @@ def train_ae_cmd(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Train a VQ-VAE, VQ-VAE-2, VQGAN or KL-VAE autoencoder (2D or 3D, from the data).
@@ -239,7 +257,7 @@ def train_ae_cmd(
 
     with handled():
         flags = {"data.path": str(data) if data else None, "model.kind": kind, "train.steps": steps,
-                 "train.max_minutes": max_minutes, "runtime.device": device}
+                 "train.max_minutes": max_minutes, "runtime.device": device, "runtime.threads": threads}
         settings = load_settings(TrainAESettings, config, set_, flags)
         main_rank = os.environ.get("RANK", "0") == "0"
         if not main_rank:
@@ -267,6 +285,7 @@ def encode_latents_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per forward pass."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="KL latents: float32 or float16 (VQ codes are always int16)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Encode every item of a store with a trained autoencoder: int16 codes (VQ) or scaled posterior means (KL).
@@ -278,7 +297,7 @@ def encode_latents_cmd(
 
     with handled():
         flags = {"ae": str(ae) if ae else None, "data": str(data) if data else None, "store": store,
-                 "batch_size": batch_size, "dtype": dtype, "runtime.device": device}
+                 "batch_size": batch_size, "dtype": dtype, "runtime.device": device, "runtime.threads": threads}
         settings = load_settings(EncodeSettings, config, set_, flags)
         with progress_bar("encode-latents") as update:
             result = encode_latents.run(settings, out, overwrite=overwrite, progress=update)
@@ -303,6 +322,7 @@ def train_prior_cmd(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Train a prior (causal transformer, MaskGIT, gated PixelCNN or latent diffusion UNet) over encode-latents' output.
@@ -315,7 +335,7 @@ def train_prior_cmd(
     with handled():
         flags = {"data.path": str(latents) if latents else None, "prior.kind": kind,
                  "condition.paths": [str(c) for c in condition] if condition else None, "condition.label": label,
-                 "train.steps": steps, "train.max_minutes": max_minutes, "runtime.device": device}
+                 "train.steps": steps, "train.max_minutes": max_minutes, "runtime.device": device, "runtime.threads": threads}
         settings = load_settings(TrainPriorSettings, config, set_, flags)
         main_rank = os.environ.get("RANK", "0") == "0"
         if not main_rank:
@@ -355,6 +375,7 @@ def sample_cmd(
     all_subjects: bool = typer.Option(False, "--all", help="Generate for every subject (item-joined priors: every condition item) of the condition artefacts."),
     label: Optional[str] = typer.Option(None, "--label", help="Class label for label-conditioned priors."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Draw samples from a prior and decode them with its autoencoder (found through the lineage).
@@ -371,7 +392,7 @@ def sample_cmd(
                  "sampler.scheduler": sampler, "sampler.eta": eta, "sampler.guidance_scale": guidance_scale,
                  "condition.paths": [str(c) for c in condition] if condition else None,
                  "condition.subject": subject, "condition.all_subjects": True if all_subjects else None,
-                 "condition.label": label, "runtime.device": device}
+                 "condition.label": label, "runtime.device": device, "runtime.threads": threads}
         settings = load_settings(SampleSettings, config, set_, flags)
         with progress_bar("sample") as update:
             result = sample.run(settings, out, overwrite=overwrite, progress=update)
@@ -399,6 +420,7 @@ def evaluate_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Score an autoencoder's reconstructions, or samples: distances, diversity, memorisation, paired metrics."""
@@ -409,7 +431,7 @@ def evaluate_cmd(
         paths = {"ae": ae, "data": data, "samples": samples, "target": target}
         flags = {**{k: str(v) if v else None for k, v in paths.items()}, "split": split, "store": store,
                  "target_store": target_store, "axis": axis, "max_pictures": max_pictures,
-                 "memorisation_threshold": threshold, "runtime.device": device}
+                 "memorisation_threshold": threshold, "runtime.device": device, "runtime.threads": threads}
         settings = load_settings(EvaluateSettings, config, set_, flags)
         with progress_bar("evaluate") as update:
             result = evaluate.run(settings, out, overwrite=overwrite, progress=update)
@@ -435,6 +457,7 @@ def export_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps (decoding latents)."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
+    threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
     """Write a store's items as NIfTI, NRRD, MHA, DICOM or PNG, or an autoencoder as TorchScript, ONNX or safetensors."""
@@ -443,7 +466,7 @@ def export_cmd(
 
     with handled():
         flags = {"source": str(source), "format": fmt, "store": store, "split": split, "items": items,
-                 "decode": decode or None, "runtime.device": device}
+                 "decode": decode or None, "runtime.device": device, "runtime.threads": threads}
         settings = load_settings(ExportSettings, config, set_, flags)
         with progress_bar("export") as update:
             result = export.run(settings, out, overwrite=overwrite, progress=update)

@@ -5,8 +5,10 @@ for memory are encoded or decoded tile by tile (``medgen_cli.inference``).
 
 ``train-prior`` shares ``data``, ``optim``, ``train`` and ``runtime`` with ``train-ae``; its own
 sections are ``prior`` (the architecture, chosen by ``prior.kind``), ``condition`` (latents
-artefacts joined by item id or by subject, class labels) and ``diffusion`` (the UNet, noise schedule, loss,
-classifier-free guidance and sampling defaults of ``prior.kind = diffusion``). A new token prior kind
+artefacts joined by item id or by subject, class labels) and ``diffusion`` (the UNet, the objective --
+a DDPM noise schedule or rectified flow --, loss, classifier-free guidance and sampling defaults of
+``prior.kind = diffusion``). Sampler names are those of ``medgen_cli.sampling.sampler_names()``, by
+family (``DIFFUSION_SAMPLERS``, ``FLOW_SAMPLERS``). A new token prior kind
 adds its name to ``PRIOR_KINDS``, its fields to ``PriorModelSettings`` (listed in ``_OWN_FIELDS``),
 a task builder in ``steps/train_prior.py`` and a sampler in ``steps/sample.py``.
 """
@@ -24,6 +26,35 @@ from .train import OptimSettings, TrainSettings
 
 PRIOR_KINDS = ("transformer", "maskgit", "pixelcnn", "diffusion")
 TOKEN_KINDS = ("transformer", "maskgit", "pixelcnn")  # priors over VQ codes
+
+# The registered samplers (``medgen_cli.sampling``) by the objective they run; tests keep them equal.
+DIFFUSION_SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
+FLOW_SAMPLERS = ("flow_euler", "flow_heun")
+DETERMINISTIC_SAMPLERS = ("dpmpp_2m", *FLOW_SAMPLERS)  # they take eta = 0 only
+DEFAULT_SAMPLER = {"diffusion": "ddim", "flow": "flow_euler"}  # diffusion.sampler when not given
+SamplerName = Literal["ddim", "ddpm", "dpmpp_2m", "flow_euler", "flow_heun"]
+# DiffusionSettings fields of one objective only: left at their defaults by the other
+DIFFUSION_ONLY = ("schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction", "min_snr_gamma")
+FLOW_ONLY = ("flow_time_sampling", "flow_logit_mean", "flow_logit_std", "flow_shift", "flow_base_grid_numel",
+             "flow_shift_exponent")
+
+
+def sampler_objective(name: str) -> str:
+    """``diffusion`` or ``flow``: the objective a prior must have been trained with to run sampler ``name``."""
+    return "flow" if name in FLOW_SAMPLERS else "diffusion"
+
+
+def samplers_of(objective: str) -> tuple[str, ...]:
+    """The sampler names that run a prior trained with ``objective``."""
+    return FLOW_SAMPLERS if objective == "flow" else DIFFUSION_SAMPLERS
+
+
+def wrong_family(name: str, objective: str) -> str | None:
+    """None when sampler ``name`` runs an ``objective`` prior, else the clause saying what would."""
+    if sampler_objective(name) == objective:
+        return None
+    *rest, last = samplers_of(objective)
+    return f"{name} is a {sampler_objective(name)} sampler, and a {objective} prior takes {', '.join(rest)} or {last}"
 
 
 # ------------------------------------------------------------------------------------------ tiling
@@ -142,8 +173,35 @@ _OWN_FIELDS: dict[str, set[str]] = {
 
 
 class DiffusionSettings(Section):
-    """``prior.kind = diffusion``: a `UNetPrior` over continuous latents (Rombach et al. 2022)."""
+    """``prior.kind = diffusion``: a `UNetPrior` over continuous latents (Rombach et al. 2022).
 
+    ``objective`` chooses what the UNet learns: ``diffusion`` (a DDPM noise schedule, eps / v / x0
+    prediction, ``sampling/schedulers.py``) or ``flow`` (rectified flow: straight paths from the data
+    to noise, velocity prediction, ``sampling/flow.py``). The ``flow_*`` fields are the constructor
+    arguments of ``FlowEulerScheduler``; ``sampler`` defaults to ddim or flow_euler by the objective.
+    """
+
+    objective: Literal["diffusion", "flow"] = Field(
+        "diffusion", description="What the UNet learns: diffusion (DDPM noise schedule; samplers ddim, ddpm, dpmpp_2m) or\n"
+        "flow (rectified flow / flow matching, velocity on straight paths; samplers flow_euler, flow_heun)."
+    )
+    flow_time_sampling: Literal["uniform", "logit_normal"] = Field(
+        "uniform", description="flow: training times t in [0, 1], uniform or logit-normal (SD3's; it rarely visits t near 0)."
+    )
+    flow_logit_mean: float = Field(0.0, description="flow: mean m of the logit-normal training times t = sigmoid(m + s n).")
+    flow_logit_std: float = Field(1.0, gt=0, description="flow: std s of the logit-normal training times.")
+    flow_shift: float | None = Field(
+        None, gt=0, description="flow: timestep shift t' = s t / (1 + (s - 1) t) of training and sampling times (s > 1: more\n"
+        "time at high noise); null = resolution-aware, s = (latent grid elements / flow_base_grid_numel) ^\n"
+        "flow_shift_exponent (SD3 Sec. 5.3.2); a number = that shift at every latent size."
+    )
+    flow_base_grid_numel: int = Field(
+        1024, ge=1, description="flow, flow_shift null: latent grid elements (channels excluded) at which the shift is 1\n"
+        "(1024 = SD3's 32x32 latents of 256^2 images)."
+    )
+    flow_shift_exponent: float = Field(
+        0.5, ge=0, description="flow, flow_shift null: exponent of the size ratio (0.5 as SD3; 1/spatial_dims as MONAI)."
+    )
     schedule: Literal["linear", "scaled_linear", "cosine"] = Field(
         "scaled_linear", description="Noise schedule: linear, scaled_linear (latent diffusion's) or cosine (Nichol & Dhariwal)."
     )
@@ -169,17 +227,63 @@ class DiffusionSettings(Section):
     )
     sample_every: int = Field(
         0, ge=0, description="Second validation tier: every this many steps (and at the end), sample\n"
-        "sample_items validation items with DDIM, decode them and log SSIM/PSNR against their real\n"
-        "images (conditional priors); 0 = off. Runs at the first validation at or after each multiple."
+        "sample_items validation items with diffusion.sampler (ddim when that is ddpm), decode them and log\n"
+        "SSIM/PSNR against their real images (conditional priors); 0 = off. Runs at the first validation at\n"
+        "or after each multiple."
     )
     sample_items: int = Field(4, ge=1, description="Validation items sampled by the second tier.")
-    sample_steps: int = Field(10, ge=1, description="DDIM steps of the second validation tier.")
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="Default reverse process of medgen sample (--sampler).")
-    steps: int = Field(50, ge=1, description="Default denoising steps of medgen sample (--steps).")
-    eta: float = Field(0.0, ge=0, description="Default DDIM eta of medgen sample (0 = deterministic; --eta).")
+    sample_steps: int = Field(10, ge=1, description="Sampler steps of the second validation tier.")
+    sampler: SamplerName = Field(
+        "ddim", description="Default sampler of medgen sample (--sampler): ddim, ddpm or dpmpp_2m (DPM-Solver++ 2M) for\n"
+        "objective diffusion, flow_euler or flow_heun for objective flow; when not given, ddim or flow_euler."
+    )
+    steps: int = Field(50, ge=1, description="Default sampler steps of medgen sample (--steps; flow_heun calls the UNet\n"
+                       "about twice per step).")
+    eta: float = Field(0.0, ge=0, description="Default DDIM eta of medgen sample (0 = deterministic; --eta); dpmpp_2m and\n"
+                       "the flow samplers are deterministic and take 0 only.")
     guidance_scale: float = Field(
         1.0, ge=0, description="Default classifier-free guidance scale of medgen sample (1 = the conditional model; --guidance-scale)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sampler(cls, data):
+        """A sampler not given follows the objective (flow_euler for flow), so the resolved settings name it."""
+        objective = data.get("objective", "diffusion") if isinstance(data, dict) else None
+        if isinstance(objective, str) and objective in DEFAULT_SAMPLER and data.get("sampler") is None:
+            data = {**data, "sampler": DEFAULT_SAMPLER[objective]}
+        return data
+
+    @model_validator(mode="after")
+    def _objective(self):
+        """Fields and sampler of the other objective are refused, as is eta with a deterministic sampler."""
+        fields = type(self).model_fields
+        foreign, other = (FLOW_ONLY, "flow") if self.objective == "diffusion" else (DIFFUSION_ONLY, "diffusion")
+        changed = [n for n in foreign if getattr(self, n) != fields[n].default]
+        if changed:
+            name = changed[0]
+            raise ValueError(f"diffusion.{name} = {getattr(self, name)!r} applies to diffusion.objective = {other!r} only, "
+                             f"not {self.objective!r}; remove it or set diffusion.objective={other}")
+        sized = [n for n in ("flow_base_grid_numel", "flow_shift_exponent") if getattr(self, n) != fields[n].default]
+        if self.flow_shift is not None and sized:
+            raise ValueError(f"diffusion.{sized[0]} sizes the resolution-aware shift, but diffusion.flow_shift = "
+                             f"{self.flow_shift} fixes it; remove one of them")
+        clash = wrong_family(self.sampler, self.objective)
+        if clash:
+            raise ValueError(f"diffusion.sampler = {self.sampler!r} cannot sample a prior of diffusion.objective = "
+                             f"{self.objective!r}: {clash}")
+        if self.sampler in DETERMINISTIC_SAMPLERS and self.eta != 0:
+            raise ValueError(f"diffusion.eta = {self.eta} applies to the ddim sampler only; {self.sampler} is "
+                             "deterministic and takes eta 0")
+        return self
+
+    def flow_scheduler_args(self, grid_numel: int) -> dict:
+        """Keyword arguments of ``FlowEulerScheduler`` for latents of ``grid_numel`` elements (channels excluded)."""
+        resolution_aware = self.flow_shift is None
+        return {"time_sampling": self.flow_time_sampling, "logit_mean": self.flow_logit_mean,
+                "logit_std": self.flow_logit_std, "shift": 1.0 if resolution_aware else self.flow_shift,
+                "base_grid_numel": self.flow_base_grid_numel if resolution_aware else None,
+                "grid_numel": int(grid_numel), "shift_exponent": self.flow_shift_exponent}
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -202,7 +306,7 @@ class DiffusionSettings(Section):
                                  f"must be divisible by diffusion.num_heads = {self.num_heads}")
         if self.schedule != "cosine" and self.beta_start > self.beta_end:
             raise ValueError(f"diffusion.beta_start = {self.beta_start} must not exceed diffusion.beta_end = {self.beta_end}")
-        for name in ("steps", "sample_steps"):
+        for name in ("steps", "sample_steps") if self.objective == "diffusion" else ():
             if getattr(self, name) > self.num_train_timesteps:
                 raise ValueError(f"diffusion.{name} = {getattr(self, name)} must not exceed "
                                  f"diffusion.num_train_timesteps = {self.num_train_timesteps}")
@@ -289,10 +393,12 @@ class SamplerSettings(Section):
     )
     noise_temperature: float = Field(4.5, ge=0, description="maskgit: Gumbel noise on the confidences, annealed to 0.")
     use_cache: bool = Field(True, description="transformer: reuse keys and values of earlier tokens (same tokens, faster).")
-    scheduler: Literal["ddim", "ddpm"] | None = Field(
-        None, description="diffusion: reverse process, ddim (Song et al.) or ddpm (ancestral); null = the prior's default."
+    scheduler: SamplerName | None = Field(
+        None, description="diffusion priors: ddim (Song et al.), ddpm (ancestral) or dpmpp_2m (DPM-Solver++ 2M); flow priors:\n"
+        "flow_euler or flow_heun; null = the prior's default."
     )
-    eta: float | None = Field(None, ge=0, description="diffusion: DDIM stochasticity (0 = deterministic); null = the prior's default.")
+    eta: float | None = Field(None, ge=0, description="diffusion: DDIM stochasticity (0 = deterministic; dpmpp_2m and the flow\n"
+                              "samplers take 0 only); null = the prior's default for ddim, else 0.")
     guidance_scale: float | None = Field(
         None, ge=0, description="diffusion: classifier-free guidance scale (1 = the conditional model alone,\n"
         "0 = the unconditional one); null = the prior's default."
@@ -306,6 +412,9 @@ class SamplerSettings(Section):
             raise ValueError("sampler.strategy = 'top-p' needs sampler.top_p (e.g. --top-p 0.9)")
         if self.strategy == "greedy" and (self.top_k is not None or self.top_p is not None):
             raise ValueError("sampler.strategy = 'greedy' takes no top_k or top_p; remove them or choose top-k/top-p")
+        if self.scheduler in DETERMINISTIC_SAMPLERS and self.eta:
+            raise ValueError(f"sampler.eta = {self.eta} applies to the ddim sampler only; {self.scheduler} is "
+                             "deterministic and takes eta 0")
         return self
 
     def diffusion_options(self) -> dict[str, float | str]:

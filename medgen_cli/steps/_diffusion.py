@@ -1,25 +1,32 @@
-"""Latent diffusion priors in ``train-prior`` and ``sample`` (``prior.kind = diffusion``).
+"""Latent diffusion and flow priors in ``train-prior`` and ``sample`` (``prior.kind = diffusion``).
 
 Orchestration only; the pieces live elsewhere: the denoiser `UNetPrior` (``models/priors/unet.py``),
-the schedulers and the sampling loop (``sampling/``), the loss and the two-tier validation
-(``train/diffusion_task.py``), the continuous view of stored latents (``data/latents.py``).
+the samplers, their registry and the sampling loop (``sampling/``), the loss and the two-tier
+validation (``train/diffusion_task.py``), the continuous view of stored latents (``data/latents.py``).
 
 - Training data: KL latents as stored (already times ``latent_scale``); VQ codes as their codebook
   vectors scaled to unit std (the scale is computed from the training codes and written to
   ``model.json``). Condition latents are joined by subject, converted the same way, resized to the
   target grid by (bi/tri)linear interpolation when their grid differs (a ``downsample:2`` store
   encoded with the same autoencoder) and concatenated as channels.
-- ``model.json`` gains ``latent`` (channels, is_vq, scale), ``diffusion`` (the scheduler config,
-  p_uncond, min_snr_gamma) and ``sampling`` (the defaults of ``medgen sample``); each condition
-  records its channels, scale and kind.
-- Sampling: `sample_latents` runs DDIM or DDPM (with classifier-free guidance) and returns latents
-  in the autoencoder's units for VQ (``decode_latents`` snaps them to the codebook) and in stored
-  units for KL (divided by ``latent_scale`` when decoded), as ``sample`` expects.
+- ``diffusion.objective`` picks the training scheduler: ``DDIMScheduler`` (a DDPM noise schedule) or
+  ``FlowEulerScheduler`` (rectified flow, with ``grid_numel`` = the latent grid's elements for the
+  resolution-aware shift). Its ``config()`` serves every sampler of its family.
+- ``model.json`` gains ``latent`` (channels, is_vq, scale), ``diffusion`` (``objective``, the
+  scheduler config, p_uncond, min_snr_gamma) and ``sampling`` (the defaults of ``medgen sample``);
+  each condition records its channels, scale and kind. A prior written before flow priors existed
+  has no ``objective``: it is a diffusion prior and samples exactly as before.
+- Sampling: `sample_latents` builds the sampler with ``make_sampler(name, **config)`` (ddim, ddpm,
+  dpmpp_2m for diffusion priors; flow_euler, flow_heun for flow priors; a sampler of the other family
+  is refused), runs it with classifier-free guidance and returns latents in the autoencoder's units
+  for VQ (``decode_latents`` snaps them to the codebook) and in stored units for KL (divided by
+  ``latent_scale`` when decoded), as ``sample`` expects.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +38,8 @@ from ..data.latents import ContinuousLatentsDataset, LatentCodec, condition_chan
 from ..errors import UsageError
 from ..io.store import Store, store_path
 from ..metrics.image import resolve_data_range
-from ..sampling.diffusion import sample_diffusion
-from ..sampling.schedulers import DDIMScheduler, make_scheduler
-from ..settings.prior import SamplerSettings, TrainPriorSettings
+from ..sampling import DDIMScheduler, FlowEulerScheduler, Sampler, make_sampler, sample_diffusion
+from ..settings.prior import DETERMINISTIC_SAMPLERS, SamplerSettings, TrainPriorSettings, wrong_family
 from ..train.diffusion_task import DiffusionLoss, SampleCheck
 from ._load import load_autoencoder
 from ._priors import Latents, build_prior, latent_codec, latents_lineage
@@ -95,13 +101,21 @@ def build(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_
         channel_mults=list(d.channel_mults), num_res_blocks=d.num_res_blocks, attention_levels=list(d.attention_levels),
         mid_attention=d.mid_attention, num_heads=d.num_heads, dropout=d.dropout, num_groups=d.num_groups,
         cond_channels=_cond_channels(conds), num_classes=num_classes))
-    return unet, DiffusionLoss(DDIMScheduler.from_config(scheduler_config(settings)), d.p_uncond, d.min_snr_gamma)
+    return unet, DiffusionLoss(training_scheduler(settings, lat.grid_shape), d.p_uncond, d.min_snr_gamma)
 
 
-def scheduler_config(settings: TrainPriorSettings) -> dict[str, Any]:
+def training_scheduler(settings: TrainPriorSettings, grid_shape: list[int]) -> Sampler:
+    """The scheduler the prior trains with: DDIM's (a DDPM noise schedule) or rectified flow's, sized by the grid."""
     d = settings.diffusion
+    if d.objective == "flow":
+        return FlowEulerScheduler(**d.flow_scheduler_args(math.prod(grid_shape)))
     return DDIMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
-                         beta_end=d.beta_end, prediction_type=d.prediction).config()
+                         beta_end=d.beta_end, prediction_type=d.prediction)
+
+
+def scheduler_config(settings: TrainPriorSettings, grid_shape: list[int]) -> dict[str, Any]:
+    """The stored config of the training scheduler: ``make_sampler(name, **config)`` for any sampler of its family."""
+    return training_scheduler(settings, grid_shape).config()
 
 
 def sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], data: DiffusionData, val,
@@ -136,8 +150,9 @@ def sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents
         return torch.maximum(torch.minimum(x, hi), lo)
 
     return SampleCheck(batch=default_collate(items), targets=torch.stack(targets), data_ranges=ranges, decode=decode,
-                       scheduler_config=scheduler_config(settings), every=d.sample_every, steps=d.sample_steps,
-                       guidance_scale=d.guidance_scale, paired=bool(conds))
+                       scheduler_config=scheduler_config(settings, lat.grid_shape), every=d.sample_every,
+                       steps=d.sample_steps, guidance_scale=d.guidance_scale, paired=bool(conds),
+                       sampler="ddim" if d.sampler == "ddpm" else d.sampler)  # ancestral sampling needs many steps
 
 
 def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, conds: list[Latents]) -> dict[str, Any]:
@@ -146,7 +161,8 @@ def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, 
     return {
         "latent": {"channels": int(lat.summary["latent_channels"]), "is_vq": bool(lat.summary.get("is_vq")),
                    "scale": data.codec.scale},
-        "diffusion": {"scheduler": scheduler_config(settings), "p_uncond": d.p_uncond, "min_snr_gamma": d.min_snr_gamma},
+        "diffusion": {"objective": d.objective, "scheduler": scheduler_config(settings, lat.grid_shape),
+                      "p_uncond": d.p_uncond, "min_snr_gamma": d.min_snr_gamma},
         "sampling": {"scheduler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance_scale": d.guidance_scale},
         "condition_latents": [{"channels": int(c.summary["latent_channels"]), "is_vq": bool(c.summary.get("is_vq")),
                                "scale": codec.scale, "resized": list(c.grid_shape) != list(lat.grid_shape)}
@@ -155,14 +171,28 @@ def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, 
 
 
 # ------------------------------------------------------------------------------------ sampling
+def objective(info: dict[str, Any]) -> str:
+    """``diffusion`` or ``flow``: what the prior of ``model.json`` ``info`` learnt (older priors: diffusion)."""
+    return info["diffusion"].get("objective", "diffusion")
+
+
 def sampling_options(info: dict[str, Any], s: SamplerSettings, prior: str) -> dict[str, Any]:
     """The prior's sampling defaults overridden by the options given; refuses what cannot apply."""
     if s.token_options():
         raise UsageError(f"{prior} is a diffusion prior; --{s.token_options()[0].replace('_', '-')} applies to token "
                          "priors only (diffusion takes --sampler, --steps, --eta, --guidance-scale).")
-    options = {**info["sampling"], **s.diffusion_options()}
-    T = info["diffusion"]["scheduler"]["num_train_timesteps"]
-    if options["steps"] > T:
+    given = s.diffusion_options()
+    options = {**info["sampling"], **given}
+    name, kind = options["scheduler"], objective(info)
+    clash = wrong_family(name, kind)
+    if clash:
+        raise UsageError(f"--sampler {name} cannot sample {prior}: {clash}.")
+    if name in DETERMINISTIC_SAMPLERS:  # the prior's default eta is DDIM's; these solvers take 0 only
+        if given.get("eta"):
+            raise UsageError(f"--eta {given['eta']:g} applies to the ddim sampler only; {name} is deterministic and takes eta 0.")
+        options["eta"] = 0.0
+    T = info["diffusion"]["scheduler"].get("num_train_timesteps")
+    if kind == "diffusion" and options["steps"] > T:
         raise UsageError(f"--steps {options['steps']} exceeds the {T} diffusion steps {prior} was trained with.")
     conditional = bool(info.get("conditions") or info.get("classes"))
     if options["guidance_scale"] != 1.0:
@@ -186,10 +216,19 @@ def prepare_conditions(info: dict[str, Any], codecs: list[LatentCodec], grids: l
     return [condition_channels(grids, codecs, info["grid_shape"])]
 
 
+def make_prior_sampler(info: dict[str, Any], name: str) -> Sampler:
+    """The sampler ``name`` built from the prior's stored scheduler config (DPM-Solver++ with its own
+    ``trailing`` spacing: the others evaluate at t = 0, where its 2M extrapolation overshoots)."""
+    config = dict(info["diffusion"]["scheduler"])
+    if name == "dpmpp_2m":
+        config.pop("timestep_spacing", None)
+    return make_sampler(name, **config)
+
+
 def sample_latents(model: nn.Module, info: dict[str, Any], n: int, cond: list[Tensor] | None, labels: Tensor | None,
                    options: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
     """Draw ``n`` latents: autoencoder units for VQ latents, stored units (times latent_scale) for KL."""
-    scheduler = make_scheduler(options["scheduler"], **info["diffusion"]["scheduler"])
+    scheduler = make_prior_sampler(info, options["scheduler"])
     kwargs = {}
     if cond:
         kwargs["cond"] = cond[0]

@@ -1,20 +1,24 @@
-"""The latent diffusion training task for the generic `Trainer` (Ho et al. 2020; Rombach et al. 2022).
+"""The latent diffusion and flow training task for the generic `Trainer` (Ho et al. 2020; Rombach et
+al. 2022; rectified flow: Liu et al. 2022, Esser et al. 2024).
 
-`DiffusionLoss` is the loss function of a `PriorObjective` wrapping a `UNetPrior`: draw a timestep t
-uniformly from 0..T-1 and standard-normal noise, form x_t = q(x_t | x_0) with the scheduler's
-``add_noise``, and regress the scheduler's ``target_for`` (eps, v or x0) with a per-sample MSE,
-optionally weighted by min-SNR-gamma (Hang et al. 2023). In training mode each item's condition
-(condition channels and label) is dropped with probability ``p_uncond`` (classifier-free guidance,
-Ho & Salimans 2022); in eval mode it is always kept, so validation scores the conditional model.
+`DiffusionLoss` is the loss function of a `PriorObjective` wrapping a `UNetPrior`, for any registered
+sampler's training scheduler (``sampling/registry.py``): draw times with its ``sample_train_t``
+(diffusion: an integer step uniform over 0..T-1; flow: t in [0, 1], uniform or logit-normal, shifted)
+and standard-normal noise, form x_t with ``add_noise``, and regress ``target_for`` (eps, v or x0; the
+flow velocity) with a per-sample MSE; the UNet sees the times as ``model_timestep(t)``. Diffusion
+losses are optionally weighted by min-SNR-gamma (Hang et al. 2023). In training mode each item's
+condition (condition channels and label) is dropped with probability ``p_uncond`` (classifier-free
+guidance, Ho & Salimans 2022); in eval mode it is always kept, so validation scores the conditional model.
 
 `DiffusionTask` validates in two tiers:
 
 1. every validation: the denoising loss over the validation items, with t, noise and dropping
    drawn from a generator seeded afresh (the same draws at every validation, so scores compare);
-2. when a `SampleCheck` is due: full DDIM sampling of a few validation items (their conditions
-   and labels), decoded to images and scored with SSIM/PSNR against their real images with the
-   true data range of each item's intensity mapping (`medgen_cli.metrics.image`). It runs at the
-   first validation at or after each multiple of ``every`` and at the last one.
+2. when a `SampleCheck` is due: full sampling (any registered sampler, built by ``make_sampler``)
+   of a few validation items (their conditions and labels), decoded to images and scored with
+   SSIM/PSNR against their real images with the true data range of each item's intensity mapping
+   (`medgen_cli.metrics.image`). It runs at the first validation at or after each multiple of
+   ``every`` and at the last one.
 
 Neither tier touches the training random streams, so resuming stays exact. Batches are dicts of
 `medgen_cli.data.latents.ContinuousLatentsDataset`: ``x0`` (B, C, *grid), optional ``cond``
@@ -33,7 +37,7 @@ from torch import Tensor, nn
 from ..metrics.image import psnr, ssim, ssim_slicewise
 from ..models.priors.unet import random_null_mask
 from ..sampling.diffusion import sample_diffusion
-from ..sampling.schedulers import DDIMScheduler
+from ..sampling.registry import make_sampler
 from .prior_task import PriorTask, to_device
 
 
@@ -56,19 +60,24 @@ def _item_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float, wind
         return ssim_slicewise(pred, target, data_range, axis=int(torch.tensor(shape).argmin()), window_size=window)
     return ssim(pred, target, data_range, window)
 
+
 class DiffusionLoss:
-    """``loss_fn(prior, batch, generator)`` of a diffusion prior (see the module docstring).
+    """``loss_fn(prior, batch, generator)`` of a diffusion or flow prior (see the module docstring).
 
     Args:
-        scheduler: owns the forward process and the parameterisation (``add_noise``, ``target_for``,
-            ``snr_weights``).
+        scheduler: a registered sampler of the prior's family; owns the training times, the forward
+            process and the target (``sample_train_t``, ``add_noise``, ``target_for``,
+            ``model_timestep``; ``snr_weights`` for min-SNR).
         p_uncond: probability of dropping an item's condition in training.
-        min_snr_gamma: gamma of min-SNR weighting (None = unweighted MSE).
+        min_snr_gamma: gamma of min-SNR weighting (None = unweighted MSE); diffusion schedulers only.
     """
 
     def __init__(self, scheduler: Any, p_uncond: float = 0.0, min_snr_gamma: float | None = None):
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond!r}")
+        if min_snr_gamma is not None and getattr(scheduler, "family", "diffusion") != "diffusion":
+            raise ValueError(f"min_snr_gamma = {min_snr_gamma!r} weights diffusion losses by their SNR; "
+                             f"a {scheduler.family} scheduler has none")
         self.scheduler = scheduler
         self.p_uncond = float(p_uncond)
         self.min_snr_gamma = min_snr_gamma
@@ -77,7 +86,7 @@ class DiffusionLoss:
                  ) -> dict[str, Tensor]:
         x0 = batch["x0"].float()
         b, device = x0.shape[0], x0.device
-        t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=device, generator=generator)
+        t = self.scheduler.sample_train_t(b, generator=generator, device=device)  # (B,) steps or times
         noise = torch.randn(x0.shape, device=device, generator=generator)
         x_t = self.scheduler.add_noise(x0, noise, t)
         target = self.scheduler.target_for(x0, noise, t)
@@ -85,7 +94,7 @@ class DiffusionLoss:
         null_mask = None
         if cond and prior.training and self.p_uncond > 0:
             null_mask = random_null_mask(b, self.p_uncond, device=device, generator=generator)
-        pred = prior(x_t, t, null_mask=null_mask, **cond)
+        pred = prior(x_t, self.scheduler.model_timestep(t), null_mask=null_mask, **cond)
         mse = (pred.float() - target).pow(2).flatten(1).mean(1)  # (B,)
         out = {"mse": mse.mean().detach()}
         if self.min_snr_gamma is not None:
@@ -103,9 +112,10 @@ class SampleCheck:
         targets: (B, 1, *spatial) their real images in stored values.
         data_ranges: the true data range of each item (``resolve_data_range`` of its mapping).
         decode: modelled latents (B, C, *grid) -> images (B, 1, *spatial) in stored values.
-        scheduler_config: the prior's ``DDIMScheduler`` configuration.
+        scheduler_config: the prior's stored scheduler configuration (of its family, see ``make_sampler``).
+        sampler: the registered sampler that draws the samples (ddim, dpmpp_2m, flow_euler, ...).
         every: run at the first validation at or after each multiple of this many steps.
-        steps: DDIM steps.
+        steps: sampler steps.
         guidance_scale: classifier-free guidance scale.
         paired: the items' conditions determine their images (SSIM/PSNR are meaningful); an
             unconditional prior logs the statistics of its samples only.
@@ -119,6 +129,7 @@ class SampleCheck:
     every: int
     steps: int
     guidance_scale: float = 1.0
+    sampler: str = "ddim"
     paired: bool = True
 
     def due(self, step: int, val_every: int, last: bool) -> bool:
@@ -132,7 +143,7 @@ class SampleCheck:
         batch = to_device(self.batch, device)
         x0 = batch["x0"].float()
         generator = torch.Generator(device=device).manual_seed(seed)
-        sched = DDIMScheduler.from_config(self.scheduler_config)
+        sched = make_sampler(self.sampler, **self.scheduler_config)
         z = sample_diffusion(prior, sched, tuple(x0.shape), cond=denoiser_inputs(batch), guidance_scale=self.guidance_scale,
                              num_inference_steps=self.steps, eta=0.0, generator=generator, device=device)
         metrics = {"sample_latent_std": float(z.float().std()), "sample_latent_mse": float((z.float() - x0).pow(2).mean())}
