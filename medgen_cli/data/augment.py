@@ -10,6 +10,11 @@ last axis "horizontal" (W), the one before "vertical" (H) and the first of three
 
 Randomness comes from torch's global generator, so ``torch.manual_seed`` makes a run repeatable.
 Everything samples independently per batch element.
+
+Masks: ``augmentation(x, mask)`` also moves a label map ``(B, 1, *spatial)`` with exactly the
+geometric transforms drawn for ``x`` (the same flips, the same affine) by replaying each kornia
+module with its recorded parameters and nearest-neighbour resampling, so labels are never
+interpolated and voxels moved in from outside get label 0; intensity changes leave it alone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import kornia.augmentation as K
 import torch
+from kornia.constants import Resample
 from torch import nn
 
 __all__ = ["Augmentation", "GammaJitter", "IntensityJitter", "build_augmentation"]
@@ -127,17 +133,39 @@ class Augmentation(nn.Module):
         self.transforms = nn.ModuleList(transforms)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        """Augment ``x`` (B, C, *spatial); with ``mask`` (B, 1, *spatial) integer labels, return
+        ``(x, mask)`` with the mask moved by the same geometric transforms (nearest neighbour)."""
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
                 f"augmentation for spatial_dims={self.spatial_dims} needs (B, C, *spatial) with "
                 f"{self.spatial_dims + 2} dimensions, got shape {tuple(x.shape)}"
             )
+        if mask is not None and (mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]):
+            raise ValueError(f"the mask {tuple(mask.shape)} must match the images {tuple(x.shape)} in batch and space")
         dtype = x.dtype
         out = x.float()
+        labels = None if mask is None else mask.float()
         for t in self.transforms:
             out = t(out)
-        return out.to(dtype)
+            if labels is not None and _is_geometric(t):
+                labels = _replay_nearest(t, labels)
+        if mask is None:
+            return out.to(dtype)
+        return out.to(dtype), labels.round().to(mask.dtype)
+
+
+def _is_geometric(t: nn.Module) -> bool:
+    return isinstance(t, _FillAround) or type(t) in {cls for flips in _FLIPS.values() for cls in flips}
+
+
+def _replay_nearest(t: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """``t``'s last transform again, with its recorded parameters, sampling by nearest neighbour
+    (flips move voxels exactly; the affine warp pads with 0, the background label)."""
+    module = t.warp if isinstance(t, _FillAround) else t
+    if "resample" in module.flags:
+        return module(labels, params=module._params, resample=Resample.NEAREST)
+    return module(labels, params=module._params)
 
 
 def _flip_probs(flip: float | Sequence[float], spatial_dims: int) -> tuple[float, ...]:

@@ -2,6 +2,10 @@
 
 Every dataset returns dicts of tensors with a channel axis, ``image: (1, *spatial)`` float32,
 reading through :class:`~medgen_cli.io.store.Store`, so local paths and fsspec URLs both work.
+With ``masks=True`` (off by default) a sample also holds ``mask: (1, *spatial)`` int64, the label
+map of the same item id from the mask store preprocess paired with the image store (``masks`` for
+``main``; see :mod:`medgen_cli.io.masks`), or from a mask store given explicitly; a patch reads the
+same region of the mask (padding is label 0).
 Randomness never comes from global state: a patch is a function of ``(seed, epoch, index)``, and
 the loader's order a function of ``(seed, epoch)``, so a resumed run sees the same data as an
 uninterrupted one (see :mod:`medgen_cli.data.loader`).
@@ -20,10 +24,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..io.store import Store
+from .masks import MaskOption, mask_tensor, open_mask_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JOINS", "ItemDataset", "PatchDataset", "PairedDataset", "data_range", "open_store", "resolve_join"]
+__all__ = ["JOINS", "ItemDataset", "PatchDataset", "PairedDataset", "data_range", "open_mask_store", "open_store",
+           "resolve_join"]
 
 StoreLike = Store | str | Path
 
@@ -72,21 +78,24 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
 class ItemDataset(Dataset):
     """Whole items of a store, all of one shape.
 
-    Each sample is ``{"image": (1, *spatial) float32, "id": str, "subject": str}``.
+    Each sample is ``{"image": (1, *spatial) float32, "id": str, "subject": str}``, plus
+    ``"mask": (1, *spatial) int64`` with ``masks``.
 
     Args:
         store_or_path: a :class:`Store`, or a store path / fsspec URL.
         split: only items of this split (None: all items).
         ids: explicit item ids instead of a split.
         storage_options: fsspec options used when opening a URL.
+        masks: also yield each item's label map (see `open_mask_store`; default off).
     """
 
     def __init__(self, store_or_path: StoreLike, split: str | None = None, ids: Sequence[str] | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, masks: MaskOption = False):
         self.store = open_store(store_or_path, storage_options)
         self.ids = _split_ids(self.store, split, ids)
         self.shape = _common_shape(self.store, self.ids)
         self.subjects = [str(self.store.item_attrs(i).get("subject", "")) for i in self.ids]
+        self.masks = open_mask_store(self.store, masks, self.ids, storage_options)
 
     @property
     def spatial_dims(self) -> int:
@@ -97,7 +106,10 @@ class ItemDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item_id = self.ids[index]
-        return {"image": _to_tensor(self.store.read(item_id)), "id": item_id, "subject": self.subjects[index]}
+        sample = {"image": _to_tensor(self.store.read(item_id)), "id": item_id, "subject": self.subjects[index]}
+        if self.masks is not None:
+            sample["mask"] = mask_tensor(self.masks, item_id)
+        return sample
 
 
 class PatchDataset(Dataset):
@@ -110,7 +122,8 @@ class PatchDataset(Dataset):
     padded with the item's background value (origins are then negative).
 
     Each sample is ``{"image": (1, *patch_size), "id", "subject", "origin": int64 (spatial_dims,)}``
-    where ``origin`` is the patch's first voxel in item coordinates.
+    where ``origin`` is the patch's first voxel in item coordinates, plus ``"mask": (1, *patch_size)
+    int64`` (the same region of the item's label map, padded with label 0) with ``masks``.
 
     Args:
         store_or_path: a :class:`Store`, or a store path / fsspec URL.
@@ -121,11 +134,12 @@ class PatchDataset(Dataset):
         pad_value: value of padded voxels; None uses the item's background: the lower stored end of
             a clipped intensity mapping, else the item's minimum (read once, only when padding).
         storage_options: fsspec options used when opening a URL.
+        masks: also yield the patch of each item's label map (see `open_mask_store`; default off).
     """
 
     def __init__(self, store_or_path: StoreLike, split: str | None, patch_size: int | Sequence[int],
                  samples_per_item: int = 1, seed: int = 0, pad_value: float | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, masks: MaskOption = False):
         self.store = open_store(store_or_path, storage_options)
         self.ids = _split_ids(self.store, split)
         self.shapes = [tuple(self.store.array(i).shape) for i in self.ids]
@@ -153,6 +167,7 @@ class PatchDataset(Dataset):
         self.pad_value = pad_value
         self.subjects = [str(self.store.item_attrs(i).get("subject", "")) for i in self.ids]
         self._background: dict[str, float] = {}
+        self.masks = open_mask_store(self.store, masks, self.ids, storage_options)
 
     @property
     def spatial_dims(self) -> int:
@@ -196,13 +211,21 @@ class PatchDataset(Dataset):
         origin = self.origin(index)
         src = tuple(slice(max(o, 0), min(o + p, s)) for o, p, s in zip(origin, self.patch_size, shape))
         data = self.store.read(item_id, region=src)
+        dst = tuple(slice(r.start - o, r.stop - o) for r, o in zip(src, origin))
         if data.shape != self.patch_size:
             patch = np.full(self.patch_size, self.background(item_id), dtype=np.float32)
-            dst = tuple(slice(r.start - o, r.stop - o) for r, o in zip(src, origin))
             patch[dst] = data
             data = patch
-        return {"image": _to_tensor(data), "id": item_id, "subject": self.subjects[item],
-                "origin": torch.tensor(origin, dtype=torch.int64)}
+        sample = {"image": _to_tensor(data), "id": item_id, "subject": self.subjects[item],
+                  "origin": torch.tensor(origin, dtype=torch.int64)}
+        if self.masks is not None:
+            labels = mask_tensor(self.masks, item_id, src)
+            if tuple(labels.shape[1:]) != self.patch_size:
+                padded = torch.zeros((1, *self.patch_size), dtype=torch.int64)  # label 0 outside the item
+                padded[(slice(None), *dst)] = labels
+                labels = padded
+            sample["mask"] = labels
+        return sample
 
 
 def _view_order(store: Store, ids: Sequence[str]) -> list[str]:
@@ -255,7 +278,8 @@ class PairedDataset(Dataset):
     (a low-dose sequence k for the full-dose sequence k), read whatever its split.
 
     Each sample is ``{"image": (1, *spatial), "condition": [(1, *spatial_c), ...], "id",
-    "subject", "condition_ids": [str, ...]}``.
+    "subject", "condition_ids": [str, ...]}``, plus the target's ``"mask": (1, *spatial) int64``
+    with ``masks``.
 
     Args:
         target_store: the store of the images to generate (Store, path or URL).
@@ -263,10 +287,11 @@ class PairedDataset(Dataset):
         split: split to read from every store (None: all items).
         storage_options: fsspec options used when opening URLs.
         join: "subject", "item" or "auto" (see `resolve_join`).
+        masks: also yield the target item's label map (see `open_mask_store`; default off).
     """
 
     def __init__(self, target_store: StoreLike, condition_stores: Sequence[StoreLike], split: str | None,
-                 storage_options: dict | None = None, join: str = "subject"):
+                 storage_options: dict | None = None, join: str = "subject", masks: MaskOption = False):
         if isinstance(condition_stores, (Store, str, Path)) or not condition_stores:
             raise ValueError(f"condition_stores must be a non-empty list of stores, got {condition_stores!r}")
         self.target = open_store(target_store, storage_options)
@@ -283,6 +308,7 @@ class PairedDataset(Dataset):
         else:
             self.samples = self._join_subjects(target_subjects, split)
         self.shape = _common_shape(self.target, [t for t, _, _ in self.samples])
+        self.masks = open_mask_store(self.target, masks, [t for t, _, _ in self.samples], storage_options)
 
     def _join_subjects(self, target_subjects: dict[str, list[str]], split: str | None) -> list[tuple[str, str, list[list[str]]]]:
         """Every target item with all items of its subject in each condition store."""
@@ -330,8 +356,11 @@ class PairedDataset(Dataset):
             for item_id in ids:
                 conditions.append(_to_tensor(store.read(item_id)))
                 names.append(item_id)
-        return {"image": _to_tensor(self.target.read(target_id)), "condition": conditions, "id": target_id,
-                "subject": subject, "condition_ids": names}
+        sample = {"image": _to_tensor(self.target.read(target_id)), "condition": conditions, "id": target_id,
+                  "subject": subject, "condition_ids": names}
+        if self.masks is not None:
+            sample["mask"] = mask_tensor(self.masks, target_id)
+        return sample
 
 
 def data_range(store_or_path: StoreLike, split: str | None = None, storage_options: dict | None = None) -> float:

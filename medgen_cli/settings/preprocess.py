@@ -12,6 +12,7 @@ from .common import RuntimeSettings, SplitSettings, StoreSettings
 
 WINDOW_PRESET_NAMES = ("brain", "soft-tissue", "lung", "bone", "pulmonary-vessels")
 DERIVE_PATTERN = re.compile(r"^(drr|lowdose|downsample:\d+(,\d+){0,2})$")
+MASK_RULE_KINDS = ("suffix", "csv", "pattern")
 
 
 class InputSettings(Section):
@@ -166,12 +167,71 @@ class DeriveSettings(Section):
         return output.replace(":", "").replace(",", "x")
 
 
+def split_mask_rule(text: str) -> tuple[str, str]:
+    """``"suffix:_label"`` -> ``("suffix", "_label")``, ``"csv"`` -> ``("csv", "")`` (checked by `MaskSettings`)."""
+    kind, _, value = str(text).partition(":")
+    return kind.strip(), value
+
+
+class MaskSettings(Section):
+    """Label images (segmentation masks) paired with the inputs, stored on each item's exact grid.
+
+    The rule ``source`` names one label image per input:
+
+    * ``suffix:NEW``: same directory and extension; a stem ending ``_image`` has it replaced by NEW,
+      any other stem gets NEW appended (``lung1_image.nrrd -> lung1_label.nrrd``,
+      ``ct_007.nii.gz -> ct_007_label.nii.gz`` with ``suffix:_label``); ``suffix:OLD=NEW`` replaces the
+      ending OLD (``case_0000.nii.gz -> case.nii.gz`` with ``suffix:_0000=``).
+    * ``csv:FILE``: columns path,mask (path matched as in the subject CSV; a relative mask is relative
+      to the CSV's directory); ``csv`` alone reads the ``mask`` column of ``input.subject_csv``.
+    * ``pattern:TEMPLATE``: ``{stem}`` = the image file name without extension, ``{dir}`` = its
+      directory; relative to the current directory; glob characters must match exactly one file.
+    """
+
+    source: str | None = Field(
+        None, description="Label image per input: suffix:NEW (lung1_image.nrrd -> lung1_label.nrrd with suffix:_label; "
+        "suffix:OLD=NEW replaces OLD), csv:FILE (columns path,mask) or csv (the subject CSV's mask column), or "
+        "pattern:TEMPLATE with {stem} and {dir} (e.g. pattern:labels/{stem}_seg.nii.gz). Masks are resampled with "
+        "nearest neighbour onto each item's exact grid and stored as int16 in the store 'masks', paired by item id."
+    )
+    missing: Literal["error", "skip"] = Field(
+        "error", description="An input without a mask: error refuses the run before anything is written; skip leaves "
+        "the input out and lists it in report.json."
+    )
+    min_coverage: float = Field(
+        0.5, ge=0, le=1, description="Warn when less than this fraction of an image lies inside its mask's extent "
+        "(the rest is labelled 0); a mask that does not overlap its image at all is always refused."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _rule(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        kind, value = split_mask_rule(v)
+        if kind not in MASK_RULE_KINDS:
+            raise ValueError("must start with suffix:, csv or pattern: (e.g. suffix:_label, csv:masks.csv, "
+                             "pattern:labels/{stem}.nii.gz)")
+        if kind == "suffix":
+            old, sep, new = value.partition("=")
+            if not old:
+                raise ValueError("suffix: needs the mask's suffix, e.g. suffix:_label, or suffix:OLD=NEW with a non-empty OLD")
+            if "/" in value or "\\" in value:
+                raise ValueError("a suffix cannot hold a path separator; use pattern:TEMPLATE for masks in another directory")
+        if kind == "pattern" and "{stem}" not in value:
+            raise ValueError("pattern: needs {stem} (the image's file name without extension), e.g. pattern:labels/{stem}.nii.gz")
+        if kind == "csv" and v.strip() != "csv" and not value.strip():
+            raise ValueError("csv: needs a file name (csv:masks.csv), or write csv alone to use the subject CSV's mask column")
+        return f"{kind}:{value}" if value or kind != "csv" else "csv"
+
+
 class PreprocessSettings(Section):
     input: InputSettings = Field(default_factory=InputSettings, description="What to read.")
     geometry: GeometrySettings = Field(default_factory=GeometrySettings, description="Orientation, spacing and size.")
     intensity: IntensitySettings = Field(default_factory=IntensitySettings, description="Mapping of physical values to stored values.")
     mode: ModeSettings = Field(default_factory=ModeSettings, description="Volumes, slices or slice sequences.")
     derive: DeriveSettings = Field(default_factory=DeriveSettings, description="Paired stores derived from each CT.")
+    masks: MaskSettings = Field(default_factory=MaskSettings, description="Label masks paired with the inputs.")
     split: SplitSettings = Field(default_factory=SplitSettings, description="Subject-level train/val/test split.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="How items are stored.")
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Seed and workers.")
@@ -190,6 +250,9 @@ class PreprocessSettings(Section):
             if self.mode.kind != "volume" and len(factors) == 3 and float(factors[self.mode.axis]) != 1:
                 raise ValueError(f"derive output {spec} in {self.mode.kind} mode must keep the slicing axis "
                                  f"(mode.axis = {self.mode.axis}) at factor 1, so that item k pairs with item k")
+        if self.masks.source == "csv" and not self.input.subject_csv:
+            raise ValueError("masks.source csv reads the mask column of the subject CSV, but input.subject_csv is not set: "
+                             "give --subject-csv, or masks.source csv:FILE with columns path,mask")
         return self
 
     def _window_fits_modality(self) -> None:

@@ -48,12 +48,16 @@ class Inputs:
         problems: ``(path, reason)`` for named inputs that exist but hold nothing readable.
         skipped: medgen artefact directories found inside the inputs and not read.
         duplicates: ``(path, path it repeats)`` of inputs dropped because they name a file already read.
+        mask_inputs: inputs that are another input's mask (``masks.source``), read as masks only.
+        no_mask: inputs left out because they have no mask (``masks.missing: skip``).
     """
 
     sources: list[Source] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
+    mask_inputs: list[str] = field(default_factory=list)
+    no_mask: list[str] = field(default_factory=list)
 
 
 def _names_nothing(pattern: str) -> str | None:

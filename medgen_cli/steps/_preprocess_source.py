@@ -7,6 +7,10 @@ Derived stores hold the same item ids as ``main``: in volume mode the derived vo
 per view, ``<id>_ap``, ``<id>_lateral``); in slices and sequence modes the derived volume (lowdose,
 downsample in-plane) cut at the same slice indices as the main items, so item k of ``lowdose``
 pairs with item k of ``main``. A 2D image is one 2D item in volume and slices modes.
+
+Masks (``masks.source``, see ``_preprocess_masks``): the input's label image is resampled with
+nearest neighbour straight onto the final grid of the image (store ``masks``) and of each derived
+store on another grid (``masks_downsampleF``), then cut like the main items, under the same ids.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from ..io.masks import mask_store_name
 from ..io.meta import ImageMeta, IntensityMapping
 from ..io.readers import ReadError, Source, read_source
 from ..io.store import Store, store_path
 from ..preprocess import derive, intensity, slicing, spatial
 from ..settings import PreprocessSettings
+from . import _preprocess_masks as masks
 
 
 def _item_seed(seed: int, item_id: str) -> int:
@@ -175,17 +181,23 @@ def _read(source: Source, subject: str, s: PreprocessSettings) -> tuple[np.ndarr
 
 
 def process_source(source: Source, item_base: str, subject: str, split: str, s: PreprocessSettings,
-                   artefact: str) -> dict[str, Any]:
-    """Read, transform and write every item one input yields. Runs in worker processes.
+                   artefact: str, mask_path: str | None = None) -> dict[str, Any]:
+    """Read, transform and write every item one input yields (and its mask's items). Runs in worker processes.
 
     Returns ``{"items": {store: [ids]}, "warnings": [...], "ndim": rank of the image read,
     "window_unused": modality when intensity.window was set but not applied (auto mapping, not CT)}``.
     """
     arr, meta, warnings = _read(source, subject, s)
+    mask = None
+    if mask_path is not None:
+        mask = masks.read_mask(mask_path, s)
+        warnings += masks.check_overlap(mask, arr.shape, meta, s)
     ndim = arr.ndim
     window_unused = meta.modality if s.intensity.window and s.intensity.normalize == "auto" and meta.modality != "CT" else None
     arr, meta = _geometry(arr, meta, s)
     derived = _derived(arr, meta, s, item_base)
+    label_volumes = _label_volumes(mask, arr.shape, meta, derived) if mask is not None else {}
+    del mask  # the labels on their own grid are no longer needed
     arr, meta = _normalise(arr, meta, s)
     for name, items in derived.items():  # derived CT images share the main mapping (same window)
         if name != "drr":
@@ -196,15 +208,32 @@ def process_source(source: Source, item_base: str, subject: str, split: str, s: 
         raise ReadError(f"{source.path}: no item left (every slice was below mode.min_foreground, or the volume is shorter than mode.length)")
     if s.mode.kind != "volume":  # one derived volume (lowdose, downsample) -> the main items' pieces
         derived = {name: _pieces_like(d[0][1], d[0][2], s, items) for name, d in derived.items()}
+    mask_items = {name: [(i, a, masks.with_counts(a, m)) for i, a, m in _pieces_like(labels, lmeta, s, items)]
+                  for name, (labels, lmeta) in label_volumes.items()}
 
     written: dict[str, list[str]] = {}
-    kw = dict(dtype=s.store.dtype, chunks=s.store.chunks, codec=s.store.compressor, level=s.store.level)
-    for store_name, store_items in [("main", items), *derived.items()]:
+    kw = dict(chunks=s.store.chunks, codec=s.store.compressor, level=s.store.level)
+    stores = [(name, store_items, s.store.dtype) for name, store_items in [("main", items), *derived.items()]]
+    stores += [(name, store_items, "int16") for name, store_items in mask_items.items()]
+    for store_name, store_items, dtype in stores:
         store = Store.create(store_path(artefact, store_name), name=store_name)
         for item_id, a, m in store_items:
-            store.write(item_id, a, m, split=split, **kw)
+            store.write(item_id, a, m, split=split, dtype=dtype, **kw)
             written.setdefault(store_name, []).append(item_id)
     return {"items": written, "warnings": warnings, "ndim": ndim, "window_unused": window_unused}
+
+
+def _label_volumes(mask: masks.Mask, shape: tuple[int, ...], meta: ImageMeta, derived: dict
+                   ) -> dict[str, tuple[np.ndarray, ImageMeta]]:
+    """The mask on the final grid of the image (store ``masks``) and of each derived store on another grid
+    (``masks_downsampleF``), each straight from the mask's own grid (one nearest-neighbour rounding)."""
+    out = {mask_store_name("main"): masks.on_grid(mask, shape, meta)}
+    for name, pieces in derived.items():
+        target = mask_store_name(name)
+        if target is not None and target not in out:  # lowdose shares main's grid; drr has no mask
+            _, a, m = pieces[0]
+            out[target] = masks.on_grid(mask, a.shape, m)
+    return out
 
 
 def safe_process(*args) -> tuple[dict[str, Any] | None, str | None]:
@@ -235,4 +264,7 @@ def pipeline_description(s: PreprocessSettings) -> list[dict[str, Any]]:
                   "output_range": list(i.output_range), "transform": i.transform})
     if s.mode.kind != "volume":
         steps.append({"fn": f"slicing.{s.mode.kind}", **s.mode.model_dump()})
+    if s.masks.source:
+        steps.append({"fn": "labels.resample_labels", "source": s.masks.source, "order": "nearest",
+                      "onto": "each item's final grid", "missing": s.masks.missing})
     return steps

@@ -1,5 +1,8 @@
 """``medgen inspect DIR``: what an artefact is, its key settings, its lineage and its stores.
 
+A preprocessed artefact made with ``--masks`` also shows its masks: the pairing rule, which mask store
+pairs with which image store, and every label with its voxel count and the number of items holding it.
+
 ``--check`` (``run(path, check=True)``) also decodes every chunk of every item of every store of the
 artefact (`Store.check`) and raises `StepFailed` naming the damaged items when there are any.
 """
@@ -12,6 +15,7 @@ from typing import Any
 
 from ..artefacts import lineage, read_manifest
 from ..errors import StepFailed
+from ..io.masks import is_mask_store, label_summary
 from ..io.store import WRITERS, DamagedStore, Store
 
 log = logging.getLogger(__name__)
@@ -60,13 +64,21 @@ def run(path: Path | str, check: bool = False) -> dict[str, Any]:
         "key_settings": {k: _get(manifest.settings, k) for k in keys if _get(manifest.settings, k) not in (None, [])},
         "lineage": lineage(path),
         "stores": {},
-        "summary": {k: v for k, v in manifest.summary.items() if k not in ("stores", "splits", "pipeline")},
+        "summary": {k: v for k, v in manifest.summary.items() if k not in ("stores", "splits", "pipeline", "masks")},
     }
+    labels = {}
     for zdir in sorted(path.glob("*.zarr")):
         try:
-            report["stores"][zdir.stem] = Store.open(zdir).summary()
+            store = Store.open(zdir)
+            report["stores"][zdir.stem] = store.summary()
+            if is_mask_store(zdir.stem):
+                labels[zdir.stem] = label_summary(store)
         except ValueError as err:
             report["stores"][zdir.stem] = {"error": str(err)}
+    if labels or "masks" in manifest.summary:
+        recorded = manifest.summary.get("masks") or {}
+        report["masks"] = {"source": recorded.get("source"), "pairs": recorded.get("pairs", {}), "stores": labels,
+                           "skipped_no_mask": recorded.get("skipped_no_mask", 0)}
     if check:
         report["check"] = check_stores(path, manifest.kind)
         damaged = report["check"]["damaged"]
@@ -147,6 +159,8 @@ def render(report: dict[str, Any], console) -> None:
         table.add_row("spacing (mm)", f"{st['spacing_min']} .. {st['spacing_max']}")
         table.add_row("size on disk", f"{_size(st['bytes_stored'])} ({_size(st['bytes_raw'])} raw, ratio {st['compression_ratio']})")
         console.print(table)
+    if "masks" in report:
+        _render_masks(report["masks"], console)
     facts = {k: v for k, v in _flatten(report["summary"]).items() if k != "failed" and not isinstance(v, (list, dict))}
     if facts:
         table = Table(title="summary", show_header=False, title_justify="left")
@@ -161,6 +175,24 @@ def render(report: dict[str, Any], console) -> None:
     console.print(tree)
     if "check" in report:
         _render_check(report["check"], console)
+
+
+def _render_masks(masks: dict[str, Any], console) -> None:
+    """The masks table: rule, pairs, and per mask store each label's voxels and items."""
+    from rich.table import Table
+
+    table = Table(title="masks", show_header=False, title_justify="left")
+    if masks.get("source"):
+        table.add_row("rule", str(masks["source"]))
+    if masks.get("pairs"):
+        table.add_row("pairs", ", ".join(f"{image} -> {m}" for image, m in masks["pairs"].items()) + " (by item id)")
+    for name, st in masks["stores"].items():
+        rows = [f"{label}: {voxels:,} voxels in {st['items_per_label'].get(label, 0)} item(s)"
+                for label, voxels in st["labels"].items()]
+        table.add_row(f"{name} labels", "\n".join(rows) or "none (no items)")
+    if masks.get("skipped_no_mask"):
+        table.add_row("inputs without a mask", f"{masks['skipped_no_mask']} (left out; see report.json)")
+    console.print(table)
 
 
 def _render_check(check: dict[str, Any], console) -> None:

@@ -18,6 +18,12 @@ artefact is committed with the good items and ``report.json`` lists every input'
 every input failed nothing is committed: ``OUT.partial/`` keeps only its manifest, settings and
 ``report.json`` (a re-run retries every input, ``--overwrite`` discards it) and the step fails.
 Workers (``runtime.workers > 1``) die with the step: see ``_workers``.
+
+Masks (``masks.source``, see ``_preprocess_masks``): each input's label image is paired before anything
+is written (an input without one is refused, exit 2, or skipped with ``masks.missing: skip``; files that
+are masks of other inputs are not read as images) and stored, on the exact grid of every item, in the
+store ``masks`` under the same item ids; the manifest's ``summary.masks`` gives the rule, the store
+pairs and the labels with their voxel counts.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from typing import Any, Callable
 
 from ..artefacts import ArtefactWriter
 from ..errors import StepFailed, UsageError
+from ..io.masks import MASK_STORE, is_mask_store, label_summary, mask_store_name
 from ..io.readers import ReadError, Source
 from ..io.store import Store
 from ..preprocess import splits
 from ..settings import PreprocessSettings
 from ..viz.previews import store_preview
+from . import _preprocess_masks as masks
 from ._preprocess_inputs import InputError, Inputs, collect, item_bases, subjects_of
 from ._preprocess_source import pipeline_description, process_source, safe_process
 from ._workers import run_pool, stop_on_sigterm
@@ -111,6 +119,7 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
                             raw_inputs=settings.input.paths, shard=shard)
     writer.check_inputs()  # an output that is, lies inside or contains an input is refused before anything else
     inputs = collect(settings.input.paths, settings.input.dicom_series, out)
+    mask_of = _pair_masks(inputs, settings)  # before anything is written: a missing mask is a usage error
     sources = inputs.sources
     if strict and inputs.problems:
         raise ReadError(f"{inputs.problems[0][0]}: {inputs.problems[0][1]}")
@@ -130,8 +139,10 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
         if result.skipped:
             log.info("resuming: %d of %d inputs were already done", result.skipped, len(mine))
         key = lambda k: sources[k].path + sources[k].series_uid  # noqa: E731
-        jobs = [(sources[k], bases[k], subjects[key(k)], assignment[subjects[key(k)]], settings, str(partial)) for k in todo]
-        tracker = _Tracker(partial, settings, [(sources[k], subjects[key(k)], bases[k]) for k in todo], strict, progress)
+        jobs = [(sources[k], bases[k], subjects[key(k)], assignment[subjects[key(k)]], settings, str(partial),
+                 mask_of.get(key(k))) for k in todo]
+        tracker = _Tracker(partial, settings, [(sources[k], subjects[key(k)], bases[k], mask_of.get(key(k))) for k in todo],
+                           strict, progress)
         try:
             if settings.runtime.workers > 1 and len(jobs) > 1:
                 run_pool(safe_process, jobs, settings.runtime.workers, tracker)
@@ -154,7 +165,7 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
 class _Tracker:
     """The parent's handling of each finished input: record it, warn, stop on mixed 2D/3D or ``strict``."""
 
-    def __init__(self, partial: Path, s: PreprocessSettings, jobs: list[tuple[Source, str, str]], strict: bool,
+    def __init__(self, partial: Path, s: PreprocessSettings, jobs: list[tuple[Source, str, str, str | None]], strict: bool,
                  progress: Callable[[int, int, str], None] | None):
         self.partial, self.s, self.jobs, self.strict, self.progress = partial, s, jobs, strict, progress
         self.failed: list[tuple[str, str]] = []
@@ -162,7 +173,7 @@ class _Tracker:
         self.ranks = {r["ndim"]: r["source"] for r in _done_records(partial) if "ndim" in r}  # resumed inputs
 
     def __call__(self, n: int, result: tuple[dict[str, Any] | None, str | None], done: int) -> None:
-        source, subject, base = self.jobs[n]
+        source, subject, base, mask = self.jobs[n]
         outcome, error = result
         if error is not None:
             self.failed.append((source.path, error))
@@ -176,7 +187,7 @@ class _Tracker:
                 self.window_unused.append((source.path, outcome["window_unused"]))
             _write_json(_progress_file(self.partial, base), {
                 "source": source.path, "series_uid": source.series_uid, "subject": subject,
-                "items": outcome["items"], "ndim": outcome["ndim"]})
+                "items": outcome["items"], "ndim": outcome["ndim"], **({"mask": mask} if mask else {})})
         if self.progress:
             self.progress(done, len(self.jobs), Path(source.path).name)
 
@@ -205,11 +216,13 @@ def _commit(writer: ArtefactWriter, partial: Path, inputs: Inputs, assignment: d
         failed.extend(json.loads(f.read_text())["failed"])
     done = _done_records(partial)
     report = {
-        "done": [{k: r[k] for k in ("source", "series_uid", "subject", "items")} for r in done],
+        "done": [{k: r[k] for k in ("source", "series_uid", "subject", "items", "mask") if k in r} for r in done],
         "failed": [{"path": p, "reason": r} for p, r in failed],
         "skipped_artefacts": inputs.skipped,
         "duplicates": [{"path": p, "same_as": q} for p, q in inputs.duplicates],
     }
+    if s.masks.source:
+        report.update({"masks_among_inputs": inputs.mask_inputs, "skipped_no_mask": inputs.no_mask})
     if not done:
         _keep_only_report(partial, report)
         for path, reason in failed[:10]:
@@ -217,7 +230,7 @@ def _commit(writer: ArtefactWriter, partial: Path, inputs: Inputs, assignment: d
         raise StepFailed(f"all {len(failed)} input(s) failed, so {result.out} was not written; {result.out}.partial/{REPORT} "
                          "gives the reason for each: fix the inputs and run the same command again (--overwrite starts afresh).")
     _write_json(partial / REPORT, report)
-    summary = _summary(partial, done, assignment, s, count, failed, len(inputs.sources))
+    summary = _summary(partial, done, assignment, s, count, failed, inputs)
     result.items = {name: st["items"] for name, st in summary["stores"].items()}
     result.failed = [tuple(f) for f in failed]
     writer.commit(summary)
@@ -233,11 +246,13 @@ def _keep_only_report(partial: Path, report: dict[str, Any]) -> None:
 
 
 def _summary(partial: Path, done: list[dict[str, Any]], assignment: dict[str, str], s: PreprocessSettings, count: int,
-             failed: list[list[str]], inputs: int) -> dict[str, Any]:
-    stores = {}
+             failed: list[list[str]], inputs: Inputs) -> dict[str, Any]:
+    stores, labels = {}, {}
     for zdir in sorted(partial.glob("*.zarr")):
         store = Store.open(zdir)
         stores[zdir.stem] = store.summary()
+        if is_mask_store(zdir.stem):
+            labels[zdir.stem] = label_summary(store)
         try:
             store_preview(partial / "previews" / f"{zdir.stem}.png", store)
         except (ValueError, RuntimeError) as err:  # a picture must never fail the step
@@ -247,8 +262,52 @@ def _summary(partial: Path, done: list[dict[str, Any]], assignment: dict[str, st
         "stores": stores,
         "splits": {subj: assignment[subj] for subj in sorted(used)},
         "split_seed": s.split.seed,
-        "inputs": inputs,
+        "inputs": len(inputs.sources),
         "failed": [list(f) for f in failed],
         "shards": count,
         "pipeline": pipeline_description(s),
+        **({"masks": _mask_summary(stores, labels, s, inputs)} if s.masks.source else {}),
+    }
+
+
+def _pair_masks(inputs: Inputs, s: PreprocessSettings) -> dict[str, str]:
+    """``{source key: mask path}`` by ``masks.source``; drops the inputs that are masks (and, with
+    ``masks.missing: skip``, those without one) from ``inputs.sources``.
+
+    Raises:
+        MaskError: an input has no mask (``masks.missing: error``), no input has one, or the rule is unusable.
+    """
+    if not s.masks.source:
+        return {}
+    pairs = masks.pair(inputs.sources, s)
+    masks.refuse_missing(pairs, s)
+    inputs.mask_inputs = pairs.mask_inputs
+    inputs.no_mask = [path for path, _ in pairs.missing]
+    if pairs.mask_inputs:
+        log.info("%d input(s) are the masks of other inputs and are read as masks only (e.g. %s)",
+                 len(pairs.mask_inputs), pairs.mask_inputs[0])
+    if inputs.no_mask:
+        log.warning("%d input(s) have no mask and are left out (masks.missing=skip), e.g. %s; report.json lists them",
+                    len(inputs.no_mask), inputs.no_mask[0])
+    dropped = set(inputs.mask_inputs) | set(inputs.no_mask)
+    kept = [src for src in inputs.sources if src.path not in dropped]
+    if not kept:
+        raise masks.MaskError(f"none of the {len(inputs.sources)} input(s) has a mask by masks.source {s.masks.source} "
+                              f"(e.g. {inputs.no_mask[0] if inputs.no_mask else inputs.sources[0].path}); fix --masks.")
+    inputs.sources = kept
+    return pairs.masks
+
+
+def _mask_summary(stores: dict[str, Any], labels: dict[str, dict[str, Any]], s: PreprocessSettings,
+                  inputs: Inputs) -> dict[str, Any]:
+    """What the manifest says about the masks: the rule, which mask store pairs with which image store,
+    the labels with their voxel counts (over every item of each mask store), and the inputs left out."""
+    pairs = {name: mask_store_name(name) for name in stores if not is_mask_store(name)}
+    return {
+        "source": s.masks.source,
+        "pairs": {image: m for image, m in pairs.items() if m in stores},
+        "stores": labels,
+        "labels": labels.get(MASK_STORE, {}).get("labels", {}),
+        "masks_among_inputs": len(inputs.mask_inputs),
+        "skipped_no_mask": len(inputs.no_mask),
     }
