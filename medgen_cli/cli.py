@@ -193,6 +193,7 @@ def preprocess_cmd(
     seed: Optional[int] = typer.Option(None, help="Seed of the split (and of derived noise)."),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex whose group 'subject' is the subject id."),
     subject_csv: Optional[Path] = typer.Option(None, help="CSV with columns path,subject[,split]; a split pins that subject (train/val/test)."),
+    masks: Optional[str] = typer.Option(None, "--masks", help="Label image per input, stored on each item's grid in the store 'masks': suffix:_label (lung1_image.nrrd -> lung1_label.nrrd), csv:FILE (columns path,mask), csv (the --subject-csv mask column) or pattern:TEMPLATE with {stem} and {dir}."),
     dtype: Optional[str] = typer.Option(None, help="Stored type: float16, float32 or int16."),
     workers: Optional[int] = typer.Option(None, help="Worker processes."),
     shard: str = typer.Option("0/1", help="Process only shard I of N (0-based), e.g. 3/8 in a SLURM array."),
@@ -213,7 +214,7 @@ def preprocess_cmd(
             "geometry.shape": shape, "intensity.window": window, "input.modality": modality,
             "geometry.orientation": orientation, "derive.outputs": derive or None, "split.fractions": split,
             "split.seed": seed, "input.subject_pattern": subject_pattern,
-            "input.subject_csv": str(subject_csv) if subject_csv else None, "store.dtype": dtype,
+            "input.subject_csv": str(subject_csv) if subject_csv else None, "store.dtype": dtype, "masks.source": masks,
             "runtime.workers": workers, "runtime.threads": threads,
         }
         settings = load_settings(PreprocessSettings, config, set_, flags)

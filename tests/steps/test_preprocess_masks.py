@@ -21,7 +21,7 @@ runner = CliRunner()
 AFFINE = np.array([[-1.5, 0, 0, 40.0], [0, 1.5, 0, -30.0], [0, 0, 2.0, 10.0], [0, 0, 0, 1]])
 SHAPE = (24, 24, 16)
 SPHERE, AIR_BOX = 1, 3  # labels: the bright sphere (+400 HU) and a box of air (-1000 HU)
-SUFFIX = ["--set", "masks.source=suffix:_label"]
+SUFFIX = ["--masks", "suffix:_label"]  # the CLI flag (masks.source)
 CT = ["--window", "0,2000", "--modality", "CT"]
 
 
