@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artefacts import ArtefactWriter
+from ..artefacts import MARKER, ArtefactWriter
 from ..errors import StepFailed, UsageError
 from ..io.masks import MASK_STORE, is_mask_store, label_summary, mask_store_name
 from ..io.readers import ReadError, Source
@@ -91,6 +91,36 @@ def _done_records(partial: Path) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted((partial / PROGRESS_DIR).glob("*.json"))]
 
 
+def _stamp(path: str | None) -> list | None:
+    """Size and modification time of an input file (of every file directly in a DICOM series folder),
+    recorded when the input is done so that a resume notices an input changed in between."""
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in p.iterdir() if f.is_file())
+        st = p.stat()
+    except OSError:
+        return None  # gone: the read of the input reports it
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _changed_input(partial: Path, sources: list, bases: list[str], mine: list[int], mask_of: dict) -> str | None:
+    """The first input (or mask) that an interrupted run in ``partial`` finished and that has changed
+    since, as "input PATH" / "mask PATH"; None when every finished input is as it was."""
+    for k in mine:
+        file = _progress_file(partial, bases[k])
+        if not file.is_file():
+            continue
+        record = json.loads(file.read_text())
+        mask = mask_of.get(sources[k].path + sources[k].series_uid)
+        for what, path, old in (("input", sources[k].path, record.get("stamp")), ("mask", mask, record.get("mask_stamp"))):
+            if path and old is not None and _stamp(path) != old:  # records without stamps predate them
+                return f"{what} {path}"
+    return None
+
+
 def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = False, shard: tuple[int, int] = (0, 1),
         strict: bool = False, progress: Callable[[int, int, str], None] | None = None) -> PreprocessResult:
     """Preprocess ``settings.input.paths`` into the artefact ``out``.
@@ -129,11 +159,19 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
     )
     bases = item_bases(sources)
 
+    mine = [k for k in range(len(sources)) if k % count == index]
+    own_partial = Path(f"{out}.partial")
+    changed = _changed_input(own_partial, sources, bases, mine, mask_of) if (own_partial / MARKER).is_file() else None
+    if changed and not overwrite:  # its items would mix two versions of the data
+        raise InputError(f"{changed} changed after the interrupted run in {own_partial} processed it (its size or "
+                         "modification time differ); run the same command with --overwrite to start again from the "
+                         "current files")
+    if changed:
+        writer.resume = False  # --overwrite: discard the interrupted run and start again
     partial = writer.open()
     stopped = lambda sig: Stopped(f"preprocess was stopped by {sig}; the finished inputs are kept in {out}.partial "  # noqa: E731
                                   "and running the same command again resumes")
     with writer, stop_on_sigterm(stopped):
-        mine = [k for k in range(len(sources)) if k % count == index]
         todo = [k for k in mine if not _progress_file(partial, bases[k]).exists()]
         result = PreprocessResult(out=Path(out), skipped=len(mine) - len(todo))
         if result.skipped:
@@ -187,7 +225,8 @@ class _Tracker:
                 self.window_unused.append((source.path, outcome["window_unused"]))
             _write_json(_progress_file(self.partial, base), {
                 "source": source.path, "series_uid": source.series_uid, "subject": subject,
-                "items": outcome["items"], "ndim": outcome["ndim"], **({"mask": mask} if mask else {})})
+                "items": outcome["items"], "ndim": outcome["ndim"], "stamp": _stamp(source.path),
+                **({"mask": mask, "mask_stamp": _stamp(mask)} if mask else {})})
         if self.progress:
             self.progress(done, len(self.jobs), Path(source.path).name)
 

@@ -464,3 +464,47 @@ def test_sigterm_stops_the_workers_releases_the_lock_and_keeps_the_work(tmp_path
         for pid in workers:
             if Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)
+
+
+def _interrupt_after_first_input(monkeypatch):
+    from medgen_cli.steps import preprocess as step
+
+    original = step._Tracker.__call__
+
+    def call(self, n, result, done):
+        original(self, n, result, done)
+        raise KeyboardInterrupt  # as Ctrl-C after the first input is recorded
+
+    monkeypatch.setattr(step._Tracker, "__call__", call)
+    return lambda: monkeypatch.setattr(step._Tracker, "__call__", original)
+
+
+def test_resume_refuses_an_input_changed_since_the_interrupted_run(tmp_path, monkeypatch):
+    paths = make_cts(tmp_path / "raw", 2)
+    args = [tmp_path / "raw", "--out", tmp_path / "prep", "--modality", "CT"]
+    restore = _interrupt_after_first_input(monkeypatch)
+    res = cli("preprocess", *args)
+    assert res.exit_code == 1 and "interrupted" in res.output
+    restore()
+    done = [json.loads(p.read_text())["source"] for p in (tmp_path / "prep.partial" / "progress").glob("*.json")]
+    assert len(done) == 1
+    changed = Path(done[0])
+    save_nifti(changed, sphere_phantom(seed=5, radius=0.2), np.eye(4))  # new content, new size/time
+    res = cli("preprocess", *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    text = "".join(res.output.split())
+    assert "changedaftertheinterruptedrun" in text and changed.name in text and "--overwrite" in text
+    assert not (tmp_path / "prep").exists() and (tmp_path / "prep.partial").exists()  # nothing lost either way
+    res = cli("preprocess", *args, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert len(Store.open(store_path(tmp_path / "prep")).complete_ids()) == len(paths)
+
+
+def test_resume_of_unchanged_inputs_goes_on(tmp_path, monkeypatch):
+    make_cts(tmp_path / "raw", 2)
+    args = [tmp_path / "raw", "--out", tmp_path / "prep", "--modality", "CT"]
+    restore = _interrupt_after_first_input(monkeypatch)
+    assert cli("preprocess", *args).exit_code == 1
+    restore()
+    res = cli("preprocess", *args)
+    assert res.exit_code == 0 and "1 inputs resumed" in " ".join(res.output.split()), res.output
