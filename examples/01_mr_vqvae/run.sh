@@ -6,9 +6,11 @@
 # a different person) is held out. Slices are fitted into 64x64 keeping the aspect ratio. Training
 # validates on brain1's slices and keeps the last weights (ae.yaml): the held-out subject never chooses
 # a checkpoint; it is scored once, after training (OUT/eval_ae, OUT/ssim_conventions.json).
-# Measured on a 2-core CPU in 8.9 minutes (1,450 steps): held-out SSIM 0.853, PSNR 26.3 dB (medgen's SSIM:
-# the stored [-1, 1] range as data range); 0.905 with per-volume min-max scaling, the likely convention of
-# the 0.89-0.905 baseline in BASELINES.md (OUT/ssim_conventions.json); training subject 0.895 (README "Results").
+# Measured on a 2-core CPU in 8.2 minutes (1,450 steps; 2026-11-30): held-out SSIM 0.819, PSNR 24.8 dB
+# (medgen's SSIM: the stored [-1, 1] range as data range); 0.879 with per-volume min-max scaling, the likely
+# convention of the 0.89-0.905 baseline in BASELINES.md (OUT/ssim_conventions.json) (README "Results").
+# medgen's plain defaults do better on the same slices (0.859 in 10 minutes on one core,
+# benchmarks/bench_quality.py): this config is due to be replaced by them.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:-runs/01_mr_vqvae}"

@@ -13,9 +13,9 @@
 # Expected figures (see README "Results"): held-out reconstruction SSIM in OUT/eval_ae, sample
 # distances, diversity and memorisation (max SSIM to a training slice) in OUT/eval_samples; all
 # rest on ONE training and ONE held-out subject. Pictures: OUT/samples/previews, OUT/*/pictures.
-# Time on a 2-core CPU at SCALE=1: 7.3 min measured (3 min autoencoder, 3.5 min priors, the rest sampling and
-# evaluation; train.max_minutes caps each training). Measured: held-out reconstruction SSIM 0.825; the priors
-# memorise the 25 training slices (2 of 16 samples flagged by the memorisation check).
+# Time on a 2-core CPU at SCALE=1: 9.1 min measured (2026-11-30; 2.4 min autoencoder, 6 min priors, the rest
+# sampling and evaluation; train.max_minutes caps each training). Measured: held-out reconstruction SSIM 0.791;
+# the priors memorise the 25 training slices (9 of 16 samples flagged by the memorisation check).
 #
 #   bash examples/02_brain_vqvae2/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
 # Checkpoints: every training validates on the training subject and keeps its last weights (the

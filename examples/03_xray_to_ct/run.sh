@@ -18,9 +18,9 @@
 # Expected figures (see README "Results"): SSIM / slice-wise SSIM / PSNR / MAE in HU of the sampled CT
 # against the true CT in OUT/eval_{topk,maskgit}_{test,train}; the 3D VQGAN's own reconstruction of
 # the held-out CT (the ceiling of any token prior) in OUT/eval_ae_ct.
-# Time on a 2-core CPU at SCALE=1: 7.8 min measured (0.9 min X-ray VQGAN, 3.4 min CT VQGAN, 1.2 + 1.1 min priors,
-# the rest sampling and evaluation). Measured: CT VQGAN ceiling SSIM 0.533 on lung2; CT from X-rays SSIM 0.06
-# (top-k) / 0.04 (MaskGIT) on lung2, 0.24 on lung1 (in-sample): two CTs cannot teach X-ray -> CT.
+# Time on a 2-core CPU at SCALE=1: 8.4 min measured (2026-11-30). Measured: CT VQGAN ceiling SSIM 0.412 on
+# lung2; CT from X-rays SSIM 0.082 (top-k) / 0.082 (MaskGIT) on lung2, 0.75 / 0.77 on lung1 (in-sample):
+# two CTs cannot teach X-ray -> CT.
 #
 #   bash examples/03_xray_to_ct/run.sh [OUT]        # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
 # Checkpoints: every training validates on the training subject and keeps its last weights (the

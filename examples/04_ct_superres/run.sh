@@ -9,9 +9,9 @@
 # super-resolved with DDIM in 50 steps and scored against its original next to trilinear upsampling
 # of the same input and the autoencoder's own reconstruction (the ceiling of any latent model).
 # Figures rest on ONE held-out subject (one CT trains): a demonstration, not a validation.
-# Measured (README "Results"): on lung2 trilinear SSIM 0.828, the model 0.322 (it memorises lung1: 0.885 on
-# lung1 itself), the autoencoder's ceiling 0.868 -- one training CT cannot teach the mapping.
-# Budget on a 2-core CPU: ~6 min autoencoder + ~7.5 min prior + ~1 min sampling and evaluation.
+# Measured (README "Results", 2026-11-30): on lung2 trilinear SSIM 0.828, the model 0.299 (it memorises
+# lung1), the autoencoder's ceiling 0.810 -- one training CT cannot teach the mapping.
+# Time on a 2-core CPU: 9.5 min measured (1,500 autoencoder steps, 2,185 prior steps in its 7.5-minute budget).
 #
 #   bash examples/04_ct_superres/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
 # Checkpoints: every training validates on the training subject and keeps its last weights (the

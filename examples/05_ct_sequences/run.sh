@@ -29,9 +29,10 @@
 # Caveat: every figure rests on ONE held-out subject (lung2), and one subject trains; its 27 sequences
 # overlap (stride 2 < 8 slices), so they are not independent samples. A demonstration of per-sequence
 # conditioning, not a validated denoiser.
-# Time on a 2-core CPU at SCALE=1: 6 min measured (2.7 min KL-VAE, 2 min diffusion, the rest sampling and evaluation).
-# Measured (README "Results"): held-out slice-wise SSIM 0.758 for the model, 0.805 for the low-dose input itself,
-# 0.773 for the KL-VAE's reconstruction (the ceiling): the model does not improve on its input.
+# Time on a 2-core CPU at SCALE=1: 7.1 min measured (2026-11-30; 1.1 min KL-VAE, 4.3 min diffusion, the rest
+# sampling and evaluation). Measured (README "Results"): held-out slice-wise SSIM 0.689 for the model, 0.805 for
+# the low-dose input itself, 0.706 for the KL-VAE's reconstruction (the ceiling): the model does not improve on
+# its input.
 #
 #   bash examples/05_ct_sequences/run.sh [OUT]      # SCALE=0.01 for a smoke run (training steps x SCALE, min 2)
 # Checkpoints: every training validates on the training subject and keeps its last weights (the
