@@ -28,6 +28,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -43,6 +44,7 @@ from .meta import ImageMeta, IntensityMapping
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
+CREATE_ATTEMPTS = 5  # Store.create retries when another process creates the same store at the same moment
 DTYPES = {"float16": np.float16, "float32": np.float32, "int16": np.int16}
 # every array medgen hands out writes every chunk, even through ``store.array(id)[...] = values``
 KEEP_CHUNKS = {"write_empty_chunks": True}
@@ -177,15 +179,20 @@ class Store:
     def create(cls, path: Path | str, name: str = "main", storage_options: dict | None = None, **attrs: Any) -> "Store":
         """Open ``path`` for writing, creating the group when new (existing items are kept)."""
         path = str(path)
-        try:
-            group = zarr.open_group(path, mode="a", zarr_format=3, storage_options=storage_options)
-        except (ValueError, TypeError, KeyError) as err:
-            raise DamagedStore(f"{path}: the store's metadata (zarr.json) is damaged ({_reason(err)}); "
-                               "remove it (or pass --overwrite) and run again.") from None  # our own output
-        if "medgen_store" not in group.attrs:
-            group.attrs.update({"medgen_store": STORE_FORMAT, "name": name, **attrs})
-        group.require_group("items")
-        return cls(group, path)
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                group = zarr.open_group(path, mode="a", zarr_format=3, storage_options=storage_options)
+                if "medgen_store" not in group.attrs:
+                    group.attrs.update({"medgen_store": STORE_FORMAT, "name": name, **attrs})
+                group.require_group("items")
+                return cls(group, path)
+            except zarr.errors.ContainsGroupError:  # another worker created it between our check and our write
+                time.sleep(0.05 * (attempt + 1))
+            except (ValueError, TypeError, KeyError) as err:
+                raise DamagedStore(f"{path}: the store's metadata (zarr.json) is damaged ({_reason(err)}); "
+                                   "remove it (or pass --overwrite) and run again.") from None  # our own output
+        raise DamagedStore(f"{path}: the store could not be opened for writing: other processes kept creating it "
+                           "at the same time; run again.")
 
     # ------------------------------------------------------------------------------------ index
     def _scan(self) -> dict[str, zarr.Array]:

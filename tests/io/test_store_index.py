@@ -94,3 +94,26 @@ def test_reading_one_item_does_not_list_the_store(big, listings):
     store = Store.open(big)
     np.testing.assert_array_equal(store.read("i0003"), np.full((2, 2), 3.0))
     assert store.meta("i0003").subject == "s000" and listings["n"] == 0
+
+
+def test_create_survives_another_process_creating_the_same_store(tmp_path, monkeypatch):
+    """Two preprocess workers may create one store at the same moment; the loser opens the winner's."""
+    import zarr
+
+    import medgen_cli.io.store as store_mod
+
+    real = zarr.open_group
+    calls = []
+
+    def racing(path, **kw):
+        calls.append(path)
+        if len(calls) == 1:  # the other process wins the race: it creates the group, we see ContainsGroupError
+            Store.create(path, name="main")
+            raise zarr.errors.ContainsGroupError("A group exists in store")
+        return real(path, **kw)
+
+    monkeypatch.setattr(store_mod.zarr, "open_group", racing)
+    s = Store.create(tmp_path / "main.zarr", name="main")
+    assert len(calls) == 3  # the lost attempt, the winner's own open, the retry
+    monkeypatch.setattr(store_mod.zarr, "open_group", real)
+    assert Store.open(tmp_path / "main.zarr").ids() == [] and s.path.endswith("main.zarr")
