@@ -9,52 +9,117 @@ Two parts, written to ``benchmarks/results/tiled.json``:
    (the receptive field, half of it, none): max |tiled - whole| in stored units, the seam measures
    at tile borders and the time. Also a model with middle self-attention (tiling cannot be exact)
    and medgen's default-size (64, 128)-channel models on a 64^3 volume.
-2. ``large``: medgen's default 3D KL-VAE and VQ-VAE (``train-ae`` defaults, random weights: memory
-   and time do not depend on them) encode and decode a ``--size``^3 CT-like volume on the CPU,
-   read from and written to zarr arrays on disk, each case in its own process so that peak RSS
-   (``resource.getrusage`` ``ru_maxrss``) is its own. Reported: time per stage, passes, tiles, the
-   work of the normalisation passes relative to one full pass, and peak RSS.
+2. ``large``: medgen's default 3D KL-VAE and VQ-VAE (``train-ae`` defaults: channels (64, 128), two
+   residual blocks per level; random weights: memory and time do not depend on them) encode and
+   decode a ``--size``^3 CT-like volume on the CPU, each case in its own process so that peak RSS
+   (``resource.getrusage`` ``ru_maxrss`` of that process, everything included: torch, the volume,
+   the latents, the tiles) is its own. The full run holds the volume, the latents and the decoded
+   image as numpy arrays in memory, as the steps do (encode-latents reads an item whole, sample and
+   export hold the decoded image whole); ``--io zarr`` streams them from and to zarr arrays on disk
+   instead. Reported: time per stage, passes, tiles, the work of the normalisation passes relative
+   to one full pass, and peak RSS. The child's log (one line per pass) goes to
+   ``/tmp/bench_tiled_<kind>_<size>.log`` to follow a long run; results are written after each case.
 
 ``--quick`` (what runs in development): ``large`` at 128^3, whole and tiled (two tiles), and an
 ESTIMATE of the ``--size`` run: its convolution GFLOP from the probe and the 512^3 tile plan
 (computed, not run; the work factor counts the halos and the progressive passes, and is checked
 against the measured one of the 128^3 tiled run) over the GFLOP/s of the whole 128^3 run, and its
 peak RSS from one forward over the largest tile of that plan (run, in its own process). The full
-run replaces the estimate with measurements (``--size 512``: about 1 h for the VQ-VAE and 2 h for
-the KL-VAE on 2 quiet cores, by that estimate).
+run (``--size 512`` without ``--quick``) adds the measurements (``run_512``) to the quick results
+already in the file: about 45 min for the VQ-VAE and 80 min for the KL-VAE on 2 quiet cores, by
+that estimate.
 
-Run: ``.venv/bin/python -m benchmarks.bench_tiled [--quick] [--size 512] [--max-gib 2.5] [--threads 2]``
+Run: ``.venv/bin/python -m benchmarks.bench_tiled [--quick] [--size 512] [--max-gib 2.5] [--threads 2]
+[--kinds vqvae klvae] [--io memory|zarr] [--skip-agreement]``
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import logging
 import math
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import ForeignLoad, ct_like_volume, training_running, write_result
+from benchmarks.common import RESULTS, ForeignLoad, ct_like_volume, training_running, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("klvae", "vqvae")
 RSS_LIMIT_GIB = 4.0
 TIME_LIMIT_S = 20 * 60
-# 3D convolution throughput of 2 torch threads on the quiet reference machine (results/ae.json:
-# the strided VQ-VAE training step ran at ~230 GFLOP/s); used only for the estimate of --quick
-QUIET_GFLOPS = 200
+# 3D convolution throughput of inference with 2 torch threads on the quiet 2-core reference machine:
+# the whole 128^3 encodes and decodes of the default models ran at 96-126 GFLOP/s; used only for the
+# estimate of --quick, beside the rate measured in the same run
+QUIET_GFLOPS = 120
 
 
 def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+WATCH_S = 1.0  # the watcher's wake-up period: a stop is counted to within this
+_PAUSED = [0.0]  # seconds this process was stopped (SIGSTOP by a neighbour timing its own runs), as seen so far
+
+
+def _watch(every_s: float = WATCH_S, log_every: int = 30) -> None:
+    """A thread that adds up the time this process was stopped (a sleep that took much longer than
+    asked: CLOCK_MONOTONIC runs on while a process is stopped) and logs the current and peak RSS
+    every ``every_s * log_every`` seconds, to follow a long run."""
+    def loop() -> None:
+        page, n = os.sysconf("SC_PAGE_SIZE"), 0
+        while True:
+            t0 = time.monotonic()
+            time.sleep(every_s)
+            late = time.monotonic() - t0 - every_s
+            if late > 2 * every_s:
+                _PAUSED[0] += late
+                logging.getLogger("bench_tiled").info("this process was stopped for %.0f s (%.0f s in all)", late, _PAUSED[0])
+            n += 1
+            if n % log_every == 0:
+                try:
+                    now = int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**30
+                except (OSError, ValueError, IndexError):
+                    now = float("nan")
+                logging.getLogger("bench_tiled").info("rss %.2f GiB, peak %.2f GiB", now, _rss_gib())
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+class _Stage:
+    """Wall seconds of a block, the seconds this process was stopped during it, and its CPU seconds."""
+
+    def __enter__(self) -> "_Stage":
+        self._t, self._p, self._c = time.perf_counter(), _PAUSED[0], _cpu_s()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._t
+        self.cpu = _cpu_s() - self._c
+        time.sleep(WATCH_S + 1)  # a stop that ended just now is seen by the watcher's next wake-up
+        self.paused = min(_PAUSED[0] - self._p, self.wall)
+        self.seconds = self.wall - self.paused  # the time it took while allowed to run
+
+    def report(self, name: str) -> dict:
+        out = {f"{name}_s": round(self.seconds, 1), f"{name}_cpu_s": round(self.cpu, 1)}
+        if self.paused:
+            out.update({f"{name}_wall_s": round(self.wall, 1), f"{name}_stopped_s": round(self.paused, 1)})
+        return out
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def default_model(kind: str) -> torch.nn.Module:
@@ -76,7 +141,7 @@ def _variant(model, x, whole, **options) -> dict:
     from medgen_cli.inference import AutoencoderTiler, TilingOptions
     from tests.inference.conftest import borders, seams
 
-    tiler = AutoencoderTiler(model, TilingOptions(mode="on", **options))
+    tiler = AutoencoderTiler(model, TilingOptions(mode="always", **options))
     t0 = time.perf_counter()
     image = _roundtrip(tiler, x)
     seconds = time.perf_counter() - t0
@@ -97,11 +162,11 @@ def agreement() -> dict:
         # the VQ model's receptive field is 20 voxels (factor 4): at 48^3 its middle tile would be the volume
         x = phantom((48,) * 3 if kind == "klvae" else (64,) * 3)
         model = tiny(kind, 3, x)
-        whole_tiler = AutoencoderTiler(model, TilingOptions(mode="off"))
+        whole_tiler = AutoencoderTiler(model, TilingOptions(mode="never"))
         t0 = time.perf_counter()
         whole = _roundtrip(whole_tiler, x)
         case = {"volume": list(x.shape[2:]), "whole_seconds": round(time.perf_counter() - t0, 2)}
-        probe = AutoencoderTiler(model, TilingOptions(mode="on", tile_size=16))
+        probe = AutoencoderTiler(model, TilingOptions(mode="always", tile_size=16))
         _roundtrip(probe, x)
         rf = probe.probe_cost("decode_latents" if not model.is_vq else "decode_indices").halo[0] * probe.unit[0]
         case["receptive_halo_voxels"] = rf
@@ -115,59 +180,87 @@ def agreement() -> dict:
               flush=True)
     x = phantom()
     attentive = tiny("klvae", 3, x, mid_blocks=1, mid_attention=True)
-    whole = _roundtrip(AutoencoderTiler(attentive, TilingOptions(mode="off")), x)
+    whole = _roundtrip(AutoencoderTiler(attentive, TilingOptions(mode="never")), x)
     out["klvae_mid_attention"] = _variant(attentive, x, whole, tile_size=16)
     big = phantom((64, 64, 64))
     for kind in KINDS:
         model = realistic(default_model(kind), big)
-        whole = _roundtrip(AutoencoderTiler(model, TilingOptions(mode="off")), big)
+        whole = _roundtrip(AutoencoderTiler(model, TilingOptions(mode="never")), big)
         out[f"{kind}_default_64"] = _variant(model, big, whole, tile_size=32)
         print(f"agreement {kind} default channels at 64^3: {out[f'{kind}_default_64']['max_abs']:.2e}", flush=True)
     return out
 
 
 # ---------------------------------------------------------------------------------- large volume
+SLAB = 64
+
+
+def _slabs(size: int):
+    """(k0, stored values (size, size, slab)) of a CT-like volume, window -1000..1000 HU -> [-1, 1]."""
+    for k0 in range(0, size, SLAB):
+        hu = ct_like_volume((size, size, min(SLAB, size - k0)), seed=k0)
+        yield k0, np.clip(hu.astype(np.float32), -1000, 1000) / 1000.0
+
+
 def _write_volume(path: Path, size: int):
     import zarr
 
     arr = zarr.create_array(str(path), shape=(1, 1, size, size, size), chunks=(1, 1, 64, 64, 64), dtype="float32",
                             fill_value=0)
-    slab = 64
-    for k0 in range(0, size, slab):
-        hu = ct_like_volume((size, size, min(slab, size - k0)), seed=k0)
-        arr[0, 0, :, :, k0:k0 + slab] = np.clip(hu.astype(np.float32), -1000, 1000) / 1000.0
+    for k0, values in _slabs(size):
+        arr[0, 0, :, :, k0:k0 + SLAB] = values
     return arr
 
 
-def child(kind: str, size: int, max_gib: float, mode: str, passes: int | None, tile: tuple[int, ...] | None) -> dict:
-    """One case in this process: encode then decode a size^3 volume from and to zarr on disk."""
+def _volume_array(size: int) -> np.ndarray:
+    arr = np.empty((1, 1, size, size, size), np.float32)
+    for k0, values in _slabs(size):
+        arr[0, 0, :, :, k0:k0 + SLAB] = values
+    return arr
+
+
+def child(kind: str, size: int, max_gib: float, mode: str, passes: int | None, tile: tuple[int, ...] | None,
+          io: str = "zarr") -> dict:
+    """One case in this process: encode then decode a size^3 volume, held in memory (``io`` memory,
+    as the steps hold items) or read from and written to zarr on disk (``io`` zarr)."""
     import zarr
 
     from medgen_cli.inference import AutoencoderTiler, TilingOptions
 
     model = default_model(kind)
     with tempfile.TemporaryDirectory() as tmp:
-        x = _write_volume(Path(tmp) / "x.zarr", size)
         rss_start = _rss_gib()
+        x = _volume_array(size) if io == "memory" else _write_volume(Path(tmp) / "x.zarr", size)
+        shape = x.shape
         tiler = AutoencoderTiler(model, TilingOptions(mode=mode, max_gib=max_gib, norm_passes=passes, tile_size=tile))
-        result: dict = {"kind": kind, "size": size, "mode": mode, "max_gib": max_gib, "rss_before_gib": round(rss_start, 3)}
+        result: dict = {"kind": kind, "size": size, "mode": mode, "max_gib": max_gib, "io": io,
+                        "threads": torch.get_num_threads(), "rss_before_gib": round(rss_start, 3),
+                        "rss_with_volume_gib": round(_rss_gib(), 3)}
         with ForeignLoad() as load:
-            t0 = time.perf_counter()
-            codes = tiler.encode_indices(x) if model.is_vq else [tiler.encode_latents(x)]
-            result["encode_s"] = round(time.perf_counter() - t0, 1)
+            with _Stage() as stage:
+                codes = tiler.encode_indices(x) if model.is_vq else [tiler.encode_latents(x)]
+            result.update(stage.report("encode"))
             result["encode_run"] = tiler.last_run.as_dict() if tiler.last_run else "whole"
             result["rss_after_encode_gib"] = round(_rss_gib(), 3)
-            out = zarr.create_array(str(Path(tmp) / "y.zarr"), shape=x.shape, chunks=(1, 1, 64, 64, 64),
-                                    dtype="float32", fill_value=0)
-            t0 = time.perf_counter()
-            if model.is_vq:
-                tiler.decode_indices(*codes, out=out)
-            else:
-                tiler.decode_latents(codes[0], out=out)
-            result["decode_s"] = round(time.perf_counter() - t0, 1)
+            del x  # the steps encode and decode in different processes: the image is not held twice
+            gc.collect()
+            out = None if io == "memory" else zarr.create_array(str(Path(tmp) / "y.zarr"), shape=shape,
+                                                               chunks=(1, 1, 64, 64, 64), dtype="float32", fill_value=0)
+            with _Stage() as stage:
+                if model.is_vq:
+                    image = tiler.decode_indices(*codes, out=out)
+                else:
+                    image = tiler.decode_latents(codes[0], out=out)
+            result.update(stage.report("decode"))
             result["decode_run"] = tiler.last_run.as_dict() if tiler.last_run else "whole"
-        result["foreign_cpu_share"] = round(load.share, 3)
+        every_8th = np.asarray(image[0, 0, ::8, ::8, ::8])
+        result["decoded_range"] = [round(float(every_8th.min()), 3), round(float(every_8th.max()), 3)]
+        result["foreign_cpu_share"] = round(load.share, 3)  # over the wall time, stopped spells included
+        result["pass_seconds_note"] = "encode_run/decode_run seconds are wall times, stopped spells included"
         result["peak_rss_gib"] = round(_rss_gib(), 3)
+        result["peak_rss_gb"] = round(_rss_gib() * 2**30 / 1e9, 3)
+        result["fits_4_gb"] = result["peak_rss_gb"] <= RSS_LIMIT_GIB
+        result["total_s"] = round(result["encode_s"] + result["decode_s"], 1)
         result["voxels"] = size**3
         result["latent_bytes"] = int(sum(c.nbytes for c in codes))
     return result
@@ -196,16 +289,19 @@ def child_tile(kind: str, stage: str, units: tuple[int, ...]) -> dict:
 
 
 def _spawn(args: argparse.Namespace, kind: str, size: int, mode: str, max_gib: float,
-           tile: tuple[int, ...] | None = None) -> dict:
+           tile: tuple[int, ...] | None = None, io: str = "zarr") -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_tiled", "--child", kind, "--size", str(size), "--mode", mode,
-           "--max-gib", str(max_gib), "--threads", str(args.threads)]
+           "--max-gib", str(max_gib), "--threads", str(args.threads), "--io", io]
     if args.passes:
         cmd += ["--passes", str(args.passes)]
     if tile:
         cmd += ["--tile", ",".join(map(str, tile))]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log_path = Path(tempfile.gettempdir()) / f"bench_tiled_{kind}_{size}.log"
+    with log_path.open("w") as log_file:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode:
-        raise SystemExit(f"case {kind} {size}^3 {mode} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"case {kind} {size}^3 {mode} failed (log {log_path}):\n{log_path.read_text()[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -278,6 +374,22 @@ def _estimate(whole: dict, quick_plan: dict, full: dict, size: int) -> dict:
     return est
 
 
+def _previous() -> dict:
+    """The results already in the file (a full run keeps the quick run's estimates beside its measurements)."""
+    try:
+        return json.loads((RESULTS / "tiled.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(result: dict, large: dict, complete: bool) -> Path:
+    result["large"] = large
+    result["complete"] = complete
+    result["machine_busy"] = any(
+        v.get("foreign_cpu_share", 0) > 0.1 for case in large.values() for v in case.values() if isinstance(v, dict))
+    return write_result("tiled", {k: v for k, v in result.items() if k != "machine"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128^3 runs and an estimate of the full size")
@@ -286,6 +398,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=None, help="tiling.norm_passes (default: exact)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--io", choices=("memory", "zarr"), default="memory",
+                        help="full run: volume, latents and image in memory (as the steps) or on disk (zarr)")
     parser.add_argument("--skip-agreement", action="store_true")
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--child-tile", nargs=3, help=argparse.SUPPRESS)
@@ -295,24 +409,31 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child, args.size, args.max_gib, args.mode, args.passes, args.tile)))
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("medgen_cli.inference.runner").setLevel(logging.DEBUG)  # one line per pass
+        _watch()
+        print(json.dumps(child(args.child, args.size, args.max_gib, args.mode, args.passes, args.tile, args.io)))
         return
     if args.child_tile:
         kind, stage, units = args.child_tile
         print(json.dumps(child_tile(kind, stage, tuple(int(u) for u in units.split(",")))))
         return
+    previous = {} if args.quick else _previous()
     result: dict = {"benchmark": "tiled encode/decode of large volumes", "quick": args.quick, "torch_threads": args.threads,
                     "training_run_seen": training_running(), "rss_limit_gib": RSS_LIMIT_GIB}
-    if not args.skip_agreement:
+    large: dict = {k: v for k, v in previous.get("large", {}).items() if not args.quick}
+    if "agreement" in previous:
+        result["agreement"] = previous["agreement"]
+    if args.quick and not args.skip_agreement:
         result["agreement"] = agreement()
-    large: dict = {}
+    _write(result, large, complete=False)
     for kind in args.kinds:
         if args.quick:
             quick = 128
-            whole = _spawn(args, kind, quick, "off", args.max_gib)
+            whole = _spawn(args, kind, quick, "never", args.max_gib)
             # two tiles along z: enough to measure the work of the passes relative to one full pass
-            tiled = _spawn(args, kind, quick, "on", args.max_gib, tile=(quick, quick, quick // 2))
-            quick_plan = _plan(kind, quick, {"mode": "on", "tile_size": (quick, quick, quick // 2)})
+            tiled = _spawn(args, kind, quick, "always", args.max_gib, tile=(quick, quick, quick // 2))
+            quick_plan = _plan(kind, quick, {"mode": "always", "tile_size": (quick, quick, quick // 2)})
             for stage in ("encode", "decode"):  # the work factor the plan predicts against the one measured
                 run = tiled[f"{stage}_run"]
                 quick_plan[stage]["measured_work_factor"] = round(sum(run["pass_seconds"]) / whole[f"{stage}_s"], 2)
@@ -321,12 +442,13 @@ def main() -> None:
             large[kind] = {"whole_128": whole, "tiled_128": tiled, "plan_128_tiled": quick_plan, f"plan_{args.size}": full,
                            f"estimate_{args.size}": _estimate(whole, quick_plan, full, args.size)}
         else:
-            large[kind] = {f"run_{args.size}": _spawn(args, kind, args.size, "auto", args.max_gib)}
+            run = _spawn(args, kind, args.size, "auto", args.max_gib, io=args.io)
+            large[kind] = {**large.get(kind, {}), f"run_{args.size}": run}
         print(f"large {kind}: {json.dumps(large[kind])[:600]}", flush=True)
-    result["large"] = large
-    result["machine_busy"] = any(
-        v.get("foreign_cpu_share", 0) > 0.1 for case in large.values() for v in case.values() if isinstance(v, dict))
-    path = write_result("tiled", result)
+        _write(result, large, complete=False)
+    if not args.quick and not args.skip_agreement:  # after the long runs, which the machine gets first
+        result["agreement"] = agreement()
+    path = _write(result, large, complete=True)
     print(f"wrote {path}")
 
 

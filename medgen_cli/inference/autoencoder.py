@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TilingOptions", "AutoencoderTiler", "MODES"]
 
-MODES = ("auto", "on", "off")
+MODES = ("auto", "always", "never")
 AUTO_FRACTION = 0.5  # the automatic budget: this share of the memory free when the step starts
 
 
@@ -43,11 +43,11 @@ class TilingOptions:
     """How a volume is cut (the ``tiling`` settings section, unpacked).
 
     Args:
-        mode: "auto" tiles when whole-volume inference would exceed ``max_gib``; "on" always tiles;
-            "off" never does.
+        mode: "auto" tiles when whole-volume inference would exceed ``max_gib``; "always" tiles
+            whatever the memory; "never" does not.
         max_gib: activation memory budget in GiB; None = half of the memory free (GPU memory on CUDA).
-        tile_size: largest tile core in image voxels (one int or one per axis); None = the largest
-            that fits the budget.
+        tile_size: largest tile core in image voxels (one int or one per axis); None = the tiles
+            that fit the budget with the least overlap (`inference.budget.choose_core`).
         halo: context per side in image voxels; None = the receptive field (exact). Smaller halos
             blend tiles with raised-cosine weights over the halo.
         norm_passes: None = exact whole-volume normalisation statistics (progressive passes, one
@@ -93,6 +93,15 @@ class AutoencoderTiler:
         self.image_scale = self.unit
         self.latent_scale = tuple(u // f for u, f in zip(self.unit, factor))
         self.top_scale = (1,) * self.sd
+        for name in ("tile_size", "halo"):  # per-axis sizes must fit the model's rank before any work
+            value = getattr(self.options, name)
+            if value is not None:
+                sizes = (value,) if isinstance(value, int) else tuple(value)
+                if len(sizes) not in (1, self.sd):
+                    raise ValueError(f"tiling.{name} = {list(sizes)} has {len(sizes)} values but the autoencoder is "
+                                     f"{self.sd}D; give one value or {self.sd}")
+        # half-precision weights take half-precision tiles (inputs are read as float32)
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.budget = (self.options.max_gib * 2**30 if self.options.max_gib is not None
                        else AUTO_FRACTION * available_bytes(self.device))
         self.last_run: TiledRun | None = None
@@ -169,12 +178,16 @@ class AutoencoderTiler:
         first, scale = inputs[0], scales[0]
         spatial = tuple(first.shape[-self.sd:])
         if any(n % s for n, s in zip(spatial, scale)):
-            raise ValueError(f"spatial shape {list(spatial)} is not a multiple of the model's grid unit "
-                             f"{[s for s in scale]} at this resolution")
+            what = "the autoencoder's downsampling factor" if name.startswith("encode") else "the top codes' factor"
+            raise ValueError(f"spatial shape {list(spatial)} is not divisible by {what} {list(scale)}")
         grid = tuple(n // s for n, s in zip(spatial, scale))
+        for other, s in zip(inputs[1:], scales[1:]):  # VQ-VAE-2: the bottom grid is the top grid x top factor
+            if tuple(other.shape[-self.sd:]) != tuple(g * f for g, f in zip(grid, s)):
+                raise ValueError(f"code grids {list(spatial)} and {list(other.shape[-self.sd:])} do not fit together: "
+                                 f"the second must be the first times {list(s)}")
         batch = int(first.shape[0])
         opts = self.options
-        if opts.mode == "off":
+        if opts.mode == "never":
             return TilePlan(grid, grid, 0)
         cost = self._probe(name, fn, inputs, scales)
         per_unit = cost.bytes_per_unit * batch
@@ -194,6 +207,8 @@ class AutoencoderTiler:
 
     def _run(self, name: str, fn: Callable, inputs: list[Any], scales: list[tuple[int, ...]],
              out_scales: list[tuple[int, ...]], out: Sequence[Any] | None) -> list[Any]:
+        if self.dtype != torch.float32:
+            fn = _casting(fn, self.dtype)
         plan = self.last_plan = self.plan(name, fn, inputs, scales)
         if len(plan) == 1 and out is None:
             self.last_run = None
@@ -210,6 +225,13 @@ class AutoencoderTiler:
         self.last_run = report
         log.info("tiled %s: %s, %d passes, %.1f s", name, report.plan, report.passes, report.seconds)
         return arrays
+
+
+def _casting(fn: Callable, dtype: torch.dtype) -> Callable:
+    """``fn`` with its floating-point inputs cast to ``dtype`` (the model's weights), codes untouched."""
+    def call(*tensors: torch.Tensor) -> Any:
+        return fn(*[t.to(dtype) if t.is_floating_point() else t for t in tensors])
+    return call
 
 
 def _probe_input(array: Any, scale: Sequence[int], units: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -8,6 +8,10 @@
   sample's condition item names, else its subject's one item), optionally beside a baseline store of
   the target artefact scored the same way (``baseline_store``, e.g. the low-dose input itself); it
   can be combined with ``data`` to get both sample evaluations in one run.
+
+Both steps share ``tiling`` (`settings.prior.TilingSettings`, as encode-latents and sample): when the
+autoencoder runs on volumes too large for memory (evaluate's reconstructions and encoder features,
+export's ``decode``), they go tile by tile.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pydantic import Field, field_validator
 
 from .base import Section
 from .common import RuntimeSettings
+from .prior import TilingSettings
 
 # memorisation_check's default (a test keeps them equal); not imported, so settings load without torch
 DEFAULT_MEMORISATION_THRESHOLD = 0.8
@@ -50,6 +55,10 @@ class EvaluateSettings(Section):
     )
     max_pairs: int = Field(2000, ge=1, description="Diversity: at most this many random pairs of items.")
     batch_size: int = Field(4, ge=1, description="Items per forward pass of the autoencoder.")
+    tiling: TilingSettings = Field(
+        default_factory=TilingSettings, description="Reconstructions and encoder features: tiled encoding and decoding of\n"
+        "volumes too large for memory (mode auto|always|never)."
+    )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Seed, device and threads.")
 
     def check_mode(self) -> Literal["reconstruction", "samples"]:
@@ -81,6 +90,9 @@ class ExportSettings(Section):
     decode: bool = Field(False, description="Latents: decode them to images through their autoencoder first.")
     batch_size: int = Field(4, ge=1, description="Latents decoded per forward pass.")
     tolerance: float = Field(1e-4, gt=0, description="Model formats: largest absolute difference to PyTorch accepted by the check.")
+    tiling: TilingSettings = Field(
+        default_factory=TilingSettings, description="decode: tiled decoding of volumes too large for memory (mode auto|always|never)."
+    )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Seed, device and threads.")
 
     @field_validator("items", mode="before")

@@ -61,9 +61,9 @@ def wrong_family(name: str, objective: str) -> str | None:
 class TilingSettings(Section):
     """Sliding-window encode and decode of volumes larger than memory (``medgen_cli.inference``)."""
 
-    mode: Literal["auto", "on", "off"] = Field(
+    mode: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: tile a volume whose whole-volume encode or decode would need more than max_gib;\n"
-        "on: always tile; off: never (whole volumes, whatever the memory)."
+        "always: tile every volume; never: whole volumes, whatever the memory."
     )
     max_gib: float | None = Field(
         None, gt=0, description="Memory for the autoencoder's activations in GiB; null = half of the memory free when the\n"
@@ -71,7 +71,7 @@ class TilingSettings(Section):
     )
     tile_size: IntTuple | None = Field(
         None, description="Largest tile (its core, without the halo) in image voxels, one value or one per axis; null = the\n"
-        "largest that fits max_gib. Rounded down to a multiple of the autoencoder's downsampling factor."
+        "tiles that fit max_gib with the least overlap. Rounded down to a multiple of the downsampling factor."
     )
     halo: IntTuple | None = Field(
         None, description="Context around each tile in image voxels per side; null = the autoencoder's receptive field, with\n"

@@ -9,7 +9,11 @@ Orchestration only. Writes the ``latents`` artefact::
 
 Each latent item keeps the data item's attributes (subject, split, view, ...) plus ``source_id``,
 with the geometry of its grid (`medgen_cli.data.latents.latent_meta`) and an identity intensity
-mapping. Items of one shape are encoded in batches. Re-running the same command resumes an
+mapping. Items of one shape are encoded in batches. A batch whose whole-volume encoding would need
+more memory than ``tiling.max_gib`` (``tiling.mode`` auto, the default; always: every batch) is
+encoded tile by tile (`medgen_cli.inference.AutoencoderTiler`: tiles aligned to the downsampling,
+whole-volume normalisation statistics), equal to whole-volume encoding up to float error (VQ codes:
+up to the rare near-tie between two codes). Re-running the same command resumes an
 interrupted run: items already complete in ``OUT.partial`` are skipped, found with one listing of
 each output store, so a resume costs time in proportion to the items left.
 """
@@ -27,6 +31,7 @@ import torch
 from ..artefacts import ArtefactWriter, input_ref
 from ..data.latents import latent_meta
 from ..errors import UsageError
+from ..inference import AutoencoderTiler, TilingOptions
 from ..io.store import DamagedStore, Store, store_path
 from ..settings.prior import EncodeSettings
 from ..train.precision import select_device
@@ -91,18 +96,14 @@ def _open_inputs(settings: EncodeSettings) -> tuple[Store, list]:
     return store, refs
 
 
-@torch.no_grad()
-def _encode(model: torch.nn.Module, info: dict[str, Any], batch: np.ndarray, device: torch.device,
-            scale: float) -> list[np.ndarray]:
-    """(B, *spatial) stored images -> one (B, ...) array per level, in the order of `_levels`."""
-    x = torch.from_numpy(batch[:, None]).to(device)
-    if model.is_vq:
-        codes = model.encode_to_indices(x)
-        if info["kind"] == "vqvae2":
-            top, bottom = codes
-            return [bottom.cpu().numpy(), top.cpu().numpy()]
-        return [codes.cpu().numpy()]
-    return [(model.encode_to_latents(x).float() * scale).cpu().numpy()]
+def _encode(tiler: AutoencoderTiler, info: dict[str, Any], batch: np.ndarray, scale: float) -> list[np.ndarray]:
+    """(B, *spatial) stored images -> one (B, ...) array per level, in the order of `_levels` (int64
+    codes, or float32 latents x ``scale``), whole or tile by tile (``tiling``)."""
+    x = batch[:, None]
+    if tiler.model.is_vq:
+        codes = tiler.encode_indices(x)
+        return [codes[1], codes[0]] if info["kind"] == "vqvae2" else codes  # VQ-VAE-2 gives (top, bottom)
+    return [tiler.encode_latents(x).astype(np.float32, copy=False) * np.float32(scale)]
 
 
 def _check_item(model: torch.nn.Module, info: dict[str, Any], item_id: str, shape: tuple[int, ...]) -> None:
@@ -156,6 +157,10 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     if not ids:
         raise UsageError(f"{store.path} has no complete items to encode.")
     model, info = load_autoencoder(settings.ae, device)
+    try:
+        tiler = AutoencoderTiler(model, TilingOptions(**settings.tiling.options()), device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     num_embeddings = info["config"].get("num_embeddings") if model.is_vq else None
     if num_embeddings is not None and num_embeddings > MAX_INT16_CODES:
         raise UsageError(f"the autoencoder's codebook has {num_embeddings} codes, more than int16 indices hold "
@@ -183,7 +188,13 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     done = skipped
     for batch_ids in _batches(store, todo, settings.batch_size):
         arrays = np.stack([store.read(i) for i in batch_ids])
-        outputs = _encode(model, info, arrays, device, scale)
+        try:
+            outputs = _encode(tiler, info, arrays, scale)
+        except ValueError as err:  # e.g. a tiling.max_gib too small for any tile
+            raise UsageError(f"item {batch_ids[0]} of {store.path} (shape {list(arrays.shape[1:])}) cannot be "
+                             f"encoded: {err}") from None
+        if tiler.last_run is not None:
+            log.info("items %s encoded tile by tile: %s", ", ".join(batch_ids), tiler.last_run.plan)
         for k, item_id in enumerate(batch_ids):
             meta = store.meta(item_id)
             for lv, values in zip(levels, outputs):

@@ -5,11 +5,14 @@ Orchestration only (the computations are in ``evaluate_metrics``, the pictures i
 
 * reconstruction (``ae`` + ``data``, split ``test`` by default): per-item and aggregate paired
   metrics of the autoencoder's deterministic reconstructions, and codebook usage and perplexity
-  of VQ models;
+  of VQ models; volumes too large for memory are encoded and decoded tile by tile (``tiling``:
+  mode auto|always|never, max_gib, tile_size, halo, norm; `medgen_cli.inference`), with the
+  whole-volume result up to float error;
 * samples (``samples`` + ``data``, split ``train`` by default): Fréchet distance and MMD on pooled
   encoder features of the autoencoder found through the lineage (or ``ae``), the intensity
   distance in physical units, diversity (mean pairwise MS-SSIM) of the samples and of the real
-  items, and the memorisation check against every item of ``train_split``;
+  items, and the memorisation check against every item of ``train_split``; the encoder runs
+  tile by tile on volumes too large for memory (``tiling``, as above);
 * conditional (``samples`` + ``target``): paired metrics of every sample against its target item:
   the item of its ``condition_item`` id (priors joined by item), else the one item of its
   ``condition_subject`` (several samples of one condition are each scored); with ``baseline_store``
@@ -42,6 +45,7 @@ import torch
 
 from ..artefacts import ArtefactError, ArtefactWriter, find_upstream, input_ref
 from ..errors import StepFailed, UsageError
+from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import IntensityMapping
 from ..io.store import Store, store_path
 from ..metrics import diversity, frechet_distance, intensity_distance, mmd_rbf, resolve_data_range
@@ -246,17 +250,26 @@ def run(settings: EvaluateSettings, out: Path | str, *, overwrite: bool = False,
 
 
 # ------------------------------------------------------------------------------ reconstruction
+def _tiler(settings: EvaluateSettings, model: torch.nn.Module, device: torch.device) -> AutoencoderTiler:
+    """The autoencoder behind its tiler (``tiling``: whole volumes, or tiles when too large for memory)."""
+    try:
+        return AutoencoderTiler(model, TilingOptions(**settings.tiling.options()), device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _reconstruction(settings, ae, partial, device, result, progress) -> None:
     split = settings.split or "test"
     store = _open_store(settings.data, settings.store)
     ids = _split_ids(store, settings.data, split, settings.max_items)
     model, info = load_autoencoder(ae, device)
+    tiler = _tiler(settings, model, device)
     mapping = store.meta(ids[0]).intensity
     if info.get("intensity"):
         report_mappings(IntensityMapping.from_dict(info["intensity"]), mapping, f"the autoencoder {ae} was trained on",
                         f"{settings.data} holds")
     shown = ep.pick(ids, settings.max_pictures)
-    rows, codebook, kept = em.reconstruct_items(model, store, ids, device, settings.batch_size, settings.axis,
+    rows, codebook, kept = em.reconstruct_items(tiler, store, ids, device, settings.batch_size, settings.axis,
                                                 set(shown), progress)
     agg = aggregate(rows)
     write_csv(partial / "items.csv", rows)
@@ -293,8 +306,9 @@ def _distribution(settings, ae, s_store, s_ids, partial, device, result, progres
     mapping = r_metas[0].intensity
     report_mappings(s_metas[0].intensity, mapping, "the samples are in", f"{settings.data} holds")
     model, _ = load_autoencoder(ae, device)
-    f_s = em.encoder_features(model, samples, device, settings.batch_size)
-    f_r = em.encoder_features(model, reals, device, settings.batch_size)
+    tiler = _tiler(settings, model, device)
+    f_s = em.encoder_features(tiler, samples, device, settings.batch_size)
+    f_r = em.encoder_features(tiler, reals, device, settings.batch_size)
     data_range = resolve_data_range(mapping, reals)
     seed = settings.runtime.seed
     dist = {

@@ -17,17 +17,22 @@ autoencoder's ``encode_to_latents`` (VQ: the quantised codes; KL: the posterior 
 latent channel into its mean and standard deviation over the latent grid, so an item becomes a
 ``2 * latent_channels`` vector whatever its size. No downloaded network is involved; distances are
 comparable only between evaluations with the same autoencoder.
+
+Reconstructions and encoder features run through `medgen_cli.inference.AutoencoderTiler`, whole or,
+for volumes too large for memory (the step's ``tiling`` settings), tile by tile with the same result
+up to float error.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import ImageMeta
 from ..io.store import Store
 from ..metrics import (
@@ -43,7 +48,7 @@ from ..metrics import (
     ssim,
     ssim_slicewise,
 )
-from ..train.ae_task import index_levels, reconstruct
+from ..train.ae_task import index_levels
 
 SSIM_WINDOW = 11
 MEMORISATION_CHUNK = 64  # training items held in memory at once by the nearest-item search
@@ -118,20 +123,37 @@ def codebook_stats(levels: dict[str, list[torch.Tensor]], num_embeddings: int) -
     return out
 
 
-def _model_input(model: nn.Module, x: torch.Tensor, ids: Sequence[str], device: torch.device):
-    """Check the rank, then move a (B, *spatial) batch to the model as (B, 1, *spatial)."""
+def _tiler(ae: AutoencoderTiler | nn.Module, device: torch.device) -> AutoencoderTiler:
+    """A plain autoencoder gets the default tiler (whole volumes unless one would exceed half the free memory)."""
+    return ae if isinstance(ae, AutoencoderTiler) else AutoencoderTiler(ae, TilingOptions(), device)
+
+
+def _model_input(model: nn.Module, x: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
+    """Check the rank of a (B, *spatial) batch and add the channel axis; the tiler moves it to the
+    device (a tile at a time when tiled)."""
     if x.ndim - 1 != model.spatial_dims:
         raise UsageError(f"item {ids[0]} has {x.ndim - 1} spatial axes but the autoencoder is {model.spatial_dims}D")
-    return x[:, None].to(device)
+    return x[:, None]
 
 
-@torch.no_grad()
-def reconstruct_items(model: nn.Module, store: Store, ids: Sequence[str], device: torch.device, batch_size: int,
-                      axis: int, keep: set[str], progress: Progress | None = None):
-    """Deterministic reconstructions (VQ eval, KL posterior mean) of ``ids`` and their metrics.
+def _reconstruct(ae: AutoencoderTiler, x: torch.Tensor) -> tuple[np.ndarray, Any]:
+    """Deterministic reconstruction, whole or tile by tile: VQ models decode their codes (returned as
+    the indices: a tensor, VQ-VAE-2 a (top, bottom) pair), KL models their posterior mean."""
+    if ae.model.is_vq:
+        codes = ae.encode_indices(x)
+        indices = [torch.from_numpy(c) for c in codes]
+        return ae.decode_indices(*codes), indices[0] if len(indices) == 1 else tuple(indices)
+    return ae.reconstruct(x), None
+
+
+def reconstruct_items(ae: AutoencoderTiler | nn.Module, store: Store, ids: Sequence[str], device: torch.device,
+                      batch_size: int, axis: int, keep: set[str], progress: Progress | None = None):
+    """Deterministic reconstructions (VQ codes, KL posterior mean) of ``ids`` and their metrics.
 
     Args:
-        model: the autoencoder (eval mode) on ``device``.
+        ae: the autoencoder (eval mode) behind its tiler (``tiling``: volumes too large for memory
+            are encoded and decoded tile by tile, ``medgen_cli.inference``), or a plain autoencoder
+            on ``device`` (default tiling options).
         store: the store holding ``ids``.
         ids: items to evaluate.
         device: compute device.
@@ -144,18 +166,19 @@ def reconstruct_items(model: nn.Module, store: Store, ids: Sequence[str], device
         (rows: one dict per item with "item", "subject", "split" and the metrics,
         codebook: ``codebook_stats`` for VQ models else {}, kept: id -> (input, reconstruction, meta)).
     """
+    ae = _tiler(ae, device)
     rows, kept = [], {}
     levels: dict[str, list[torch.Tensor]] = {}
     done = 0
     for chunk, arrays, metas in batches(store, ids, batch_size):
-        x = _model_input(model, torch.from_numpy(arrays), chunk, device)
+        x = _model_input(ae.model, torch.from_numpy(arrays), chunk)
         try:
-            out = reconstruct(model, x)
-        except ValueError as err:  # shape not divisible by the downsampling factor, ...
+            recon, indices = _reconstruct(ae, x)
+        except ValueError as err:  # shape not divisible by the downsampling factor, a budget too small, ...
             raise UsageError(f"the autoencoder cannot reconstruct item {chunk[0]} of shape {list(arrays.shape[1:])}: {err}") from None
-        recon = out.reconstruction.float().cpu()[:, 0].numpy()
-        for level, idx in index_levels(out.indices):
-            levels.setdefault(level, []).append(idx.cpu())
+        recon = recon[:, 0].astype(np.float32, copy=False)
+        for level, idx in index_levels(indices):
+            levels.setdefault(level, []).append(idx)
         for item_id, a, r, meta in zip(chunk, arrays, recon, metas):
             attrs = store.item_attrs(item_id)
             rows.append({"item": item_id, "subject": meta.subject, "split": attrs.get("split", ""),
@@ -165,29 +188,31 @@ def reconstruct_items(model: nn.Module, store: Store, ids: Sequence[str], device
         done += len(chunk)
         if progress:
             progress(done, len(ids), chunk[-1])
-    codebook = codebook_stats(levels, int(model.config()["num_embeddings"])) if levels else {}
+    codebook = codebook_stats(levels, int(ae.model.config()["num_embeddings"])) if levels else {}
     return rows, codebook, kept
 
 
 # ------------------------------------------------------------------------------ samples
-@torch.no_grad()
-def encoder_features(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+def encoder_features(ae: AutoencoderTiler | nn.Module, images: torch.Tensor, device: torch.device,
+                     batch_size: int) -> torch.Tensor:
     """Mean and standard deviation per latent channel of ``encode_to_latents``: (N, 2 * latent_channels).
 
     Args:
-        model: the autoencoder (eval mode) on ``device``.
+        ae: the autoencoder (eval mode) behind its tiler (whole or tile by tile), or a plain
+            autoencoder on ``device`` (default tiling options).
         images: (N, 1, *spatial) stored values.
         device: compute device.
         batch_size: items per forward pass.
     """
+    ae = _tiler(ae, device)
     feats = []
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device)
+        x = images[start:start + batch_size]
         try:
-            z = model.encode_to_latents(x).double().flatten(2)  # (B, C, L)
+            z = torch.from_numpy(ae.encode_latents(x)).double().flatten(2)  # (B, C, L)
         except ValueError as err:
             raise UsageError(f"the autoencoder cannot encode items of shape {list(x.shape[2:])}: {err}") from None
-        feats.append(torch.cat([z.mean(2), z.std(2, unbiased=False)], dim=1).cpu())
+        feats.append(torch.cat([z.mean(2), z.std(2, unbiased=False)], dim=1))
     return torch.cat(feats)
 
 

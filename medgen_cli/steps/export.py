@@ -8,7 +8,9 @@ Orchestration only: the formats are written by ``medgen_cli.export.images.export
   (store ``samples``; every item is marked synthetic), or a latents artefact with ``decode``: its
   codes (int16 VQ indices; VQ-VAE-2 with the ``top`` store) or scaled KL latents are decoded through
   the autoencoder found in its lineage, and each decoded image takes the geometry and intensity
-  mapping of the data item it was encoded from;
+  mapping of the data item it was encoded from; volumes too large for memory are decoded tile by
+  tile (``tiling``: mode auto|always|never, max_gib, tile_size, halo, norm; `medgen_cli.inference`),
+  equal to the whole-volume decode up to float error;
 * an autoencoder artefact for the model formats.
 
 The ``export`` artefact holds the exported files at its top level (``<id>.nii.gz``, ``<id>/`` DICOM
@@ -35,6 +37,7 @@ from ..artefacts import ArtefactWriter, find_upstream, input_ref, lineage, requi
 from ..errors import StepFailed, UsageError
 from ..export import models as mx
 from ..export.images import export_item
+from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import IntensityMapping
 from ..io.store import DamagedStore, Store, store_path
 from ..models.registry import build_autoencoder
@@ -128,7 +131,7 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
             device = select_device(settings.runtime.device)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        items = _decoded(source, store, ids, ae, device, settings.batch_size)
+        items = _decoded(source, store, ids, ae, device, settings.batch_size, TilingOptions(**settings.tiling.options()))
     else:
         items = ((i, store.read(i), store.meta(i)) for i in ids)
 
@@ -160,12 +163,13 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
     return ExportResult(out, summary, sorted(p.name for p in out.iterdir()))
 
 
-@torch.no_grad()
-def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.device, batch_size: int):
+def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.device, batch_size: int,
+             tiling: TilingOptions):
     """(id, decoded image, meta) of latents items (the ``encode-latents`` layout).
 
     int16 codes go through ``decode_indices`` (VQ-VAE-2: with the same item of the ``top`` store),
-    float latents are divided by the KL latent scale and go through ``decode_latents``. A latent item
+    float latents are divided by the KL latent scale and go through ``decode_latents``, whole or tile
+    by tile (``tiling``: volumes too large for memory, ``medgen_cli.inference``). A latent item
     carries the geometry of its grid, so the decoded image takes the metadata (affine, intensity
     mapping, subject) of its source item (``source_id``) in the data artefact the latents were made from.
     """
@@ -180,6 +184,10 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
         raise UsageError(f"the data of {source} ({data_store}) is not readable; decoded images take their "
                          "geometry and intensity mapping from its items") from None
     model, info = load_autoencoder(ae, device)
+    try:
+        tiler = AutoencoderTiler(model, tiling, device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     top = None
     if info.get("kind") == "vqvae2":
         try:
@@ -190,18 +198,18 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
             raise UsageError(f"{source} holds VQ-VAE-2 bottom codes but no top store (top.zarr)") from None
     scale = float(info.get("latent_scale") or 1.0)
     for chunk, arrays, _ in batches(store, ids, batch_size):
-        x = torch.from_numpy(arrays).to(device)
-        tops = None if top is None else torch.from_numpy(np.stack([top.read(i) for i in chunk])).long().to(device)
+        tops = None if top is None else np.stack([top.read(i) for i in chunk])
         try:
             if np.issubdtype(store.array(chunk[0]).dtype, np.integer):
-                images = model.decode_indices(*([x.long()] if tops is None else [tops, x.long()]))
+                codes = arrays.astype(np.int64)  # int16 codes, read as float32 (exact below 2**24)
+                images = tiler.decode_indices(*([codes] if tops is None else [tops.astype(np.int64), codes]))
             else:
-                images = model.decode_latents(x / scale)
+                images = tiler.decode_latents(arrays.astype(np.float32) / scale)
         except (ValueError, RuntimeError, IndexError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UsageError(f"item {chunk[0]} of {store.path} (shape {list(arrays.shape[1:])}) does not decode "
                              f"with {ae}: {first}") from None
-        for item_id, image in zip(chunk, images.float().cpu()[:, 0].numpy()):
+        for item_id, image in zip(chunk, images[:, 0].astype(np.float32, copy=False)):
             source_id = store.item_attrs(item_id).get("source_id", item_id)
             if not data.is_complete(source_id):
                 raise UsageError(f"latent item {item_id} comes from item {source_id}, which {data_store} does not hold")

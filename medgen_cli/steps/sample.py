@@ -24,6 +24,11 @@ Diffusion priors run DDIM or DDPM with classifier-free guidance (``sampler.sched
 ``eta``, ``guidance_scale``; unset ones take the prior's defaults, see ``steps/_diffusion.py``).
 Each batch has its own generator seeded from (seed, condition, batch), so the same seed gives the
 same samples, and re-running an interrupted command resumes it with the same result.
+
+Decoding goes through `medgen_cli.inference.AutoencoderTiler` (settings section ``tiling``): a batch
+whose whole-volume decode would need more than ``tiling.max_gib`` (``mode`` auto, the default), or
+every batch (``mode`` always), is decoded tile by tile with whole-volume normalisation statistics,
+equal to the whole-volume decode up to float error; ``mode`` never decodes whole volumes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from torch import Tensor, nn
 from ..artefacts import ArtefactWriter, input_ref
 from ..data.latents import condition_items, condition_subjects, latent_meta, read_latent, subject_conditions
 from ..errors import UsageError
+from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import ImageMeta
 from ..io.store import DamagedStore, Store, store_path
 from ..io.writers import write_nifti
@@ -129,16 +135,19 @@ def _strategy(kind: str, s: SamplerSettings, prior: str, info: dict[str, Any]) -
     return token
 
 
-@torch.no_grad()
-def _decode(ae: nn.Module, latents: dict[str, Any], draws: dict[str, Tensor]) -> np.ndarray:
-    """Sampled codes (or latents) -> (B, *spatial) images in the training data's stored values."""
+def _decode(ae: AutoencoderTiler, latents: dict[str, Any], draws: dict[str, Tensor]) -> np.ndarray:
+    """Sampled codes (or latents) -> (B, *spatial) images in the training data's stored values
+    (decoded whole, or tile by tile when a volume would not fit ``tiling.max_gib`` or ``tiling.mode``
+    is always; tiles move to the autoencoder's device one at a time, the images come back as numpy)."""
     if latents.get("is_vq") and draws["main"].dtype.is_floating_point:  # a diffusion prior's VQ latents
         x = ae.decode_latents(draws["main"].float())  # snapped to the nearest codes
     elif latents.get("is_vq"):
         x = ae.decode_indices(draws["top"], draws["main"]) if "top" in draws else ae.decode_indices(draws["main"])
     else:  # continuous latents were stored times latent_scale
         x = ae.decode_latents(draws["main"].float() / float(latents["latent_scale"]))
-    return x[:, 0].float().cpu().numpy()
+    if ae.last_run is not None:
+        log.info("decoded tile by tile: %s, %d passes", ae.last_run.plan, ae.last_run.passes)
+    return x[:, 0].astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------ conditions
@@ -329,7 +338,11 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         raise UsageError(f"{settings.prior} holds a {kind} prior, which this medgen cannot sample; upgrade medgen.")
     strategy = _strategy(kind, settings.sampler, settings.prior, info)
     lineage = prior_lineage(settings.prior)
-    ae, _ = load_autoencoder(lineage.autoencoder, device)
+    model_ae, _ = load_autoencoder(lineage.autoencoder, device)
+    try:
+        ae = AutoencoderTiler(model_ae, TilingOptions(**settings.tiling.options()), device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         data = Store.open(store_path(lineage.data, lineage.data_store))
     except DamagedStore:
@@ -368,7 +381,10 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
                 cond = [g.expand(len(ids), *g.shape[1:]) for g in job.cond] if job.cond else None
                 with torch.no_grad():
                     draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)
-                images = _decode(ae, info["latents"], draws)
+                try:
+                    images = _decode(ae, info["latents"], draws)
+                except ValueError as err:  # e.g. a tiling.max_gib too small for any tile
+                    raise UsageError(f"samples {ids[0]}.. cannot be decoded with {lineage.autoencoder}: {err}") from None
                 if ref.intensity.clip:
                     images = np.clip(images, *sorted((ref.intensity.out_low, ref.intensity.out_high)))
                 own = geometry if job.subject is None and job.item is None else None
