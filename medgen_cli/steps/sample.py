@@ -20,7 +20,8 @@ and the training data through the latents' ``data`` input. Writes::
               previews/        samples.png (a grid for 2D, orthogonal views for 3D), <id>.png per volume
 
 `SAMPLERS` maps a prior kind to a function drawing a batch of codes (a new kind adds one entry).
-Diffusion priors run DDIM or DDPM with classifier-free guidance (``sampler.scheduler``, ``steps``,
+Diffusion and flow priors run any registered sampler of their family (ddim, ddpm, dpmpp_2m; flow_euler,
+flow_heun) with classifier-free guidance (``sampler.scheduler``, ``steps``,
 ``eta``, ``guidance_scale``; unset ones take the prior's defaults, see ``steps/_diffusion.py``).
 Each batch has its own generator seeded from (seed, condition, batch), so the same seed gives the
 same samples, and re-running an interrupted command resumes it with the same result.
