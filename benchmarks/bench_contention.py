@@ -17,7 +17,10 @@ within one process:
 - ``passive_2``: 2 threads, OMP_WAIT_POLICY=PASSIVE (sleep at once);
 - ``spin10k_2``: 2 threads, GOMP_SPINCOUNT=10000 (spin briefly, then sleep);
 - ``kmp0_2``: 2 threads, KMP_BLOCKTIME=0 (Intel OpenMP's knob; libgomp ignores it: a control);
-- ``one_thread``: 1 thread (nothing to wait for, half the arithmetic throughput).
+- ``one_thread``: 1 thread (nothing to wait for, half the arithmetic throughput);
+- ``adaptive_2``: medgen's default environment with ``runtime.adaptive_threads`` (medgen_cli/train/threads.py):
+  2 threads while quiet, 1 while the competitor runs, measured in 1 s windows (3 s in training); every step of
+  a phase is timed, including the ones before the governor reacts.
 
 The step is `medgen train-ae`'s default VQ-VAE (channels 64, 128; 256 x 64 codebook; the precision
 and memory format the trainer picks) on 1 x 128^2, batch 8. The competitor is ``--competitor``:
@@ -35,6 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,17 +55,33 @@ CONFIGS = {
     "spin10k_2": ({"GOMP_SPINCOUNT": "10000"}, 2),
     "kmp0_2": ({"KMP_BLOCKTIME": "0"}, 2),
     "one_thread": ({}, 1),
+    "adaptive_2": ({}, 2),  # medgen's default environment + runtime.adaptive_threads (the ThreadGovernor)
 }
+ADAPTIVE = {"adaptive_2"}
+GOVERNOR_INTERVAL = 1.0  # seconds per measuring window here (training uses 3 s; phases here last ~5-10 s)
 THREAD_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")
 TARGET = 1.5  # busy / quiet of medgen's default
 
 
-def competitor(kind: str) -> subprocess.Popen:
-    """A process that keeps one core busy until killed."""
+def competitor(kind: str) -> int:
+    """A process that keeps one core busy until killed; returns its pid.
+
+    Started through a shell that exits at once, so the competitor is not a descendant of the timed process:
+    the adaptive-threads governor counts its own process tree (data-loader workers) as its own load.
+    """
     code = {"python": "while True:\n    pass",
             "numpy": "import numpy as np\na = np.random.rand(256, 256)\nwhile True:\n    a = (a @ a) / 256.0"}[kind]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+    line = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} </dev/null >/dev/null 2>&1 & echo $!"
+    return int(subprocess.run(["sh", "-c", line], env=env, capture_output=True, text=True, check=True).stdout)
+
+
+def stop(pid: int) -> None:
+    """Kill a competitor (not our child, so there is nothing to wait for)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def child(args) -> None:
@@ -70,7 +91,11 @@ def child(args) -> None:
 
     from benchmarks.bench_ae import medgen_default, medgen_loss, train_step
 
+    from medgen_cli.train.threads import ThreadGovernor
+
     torch.set_num_threads(args.threads)
+    governor = ThreadGovernor(args.threads, len(os.sched_getaffinity(0)), GOVERNOR_INTERVAL) if args.adaptive else None
+    used: dict[str, list[int]] = {"quiet": [], "busy": []}
     shape = (2, 1, 64, 64) if args.quick else (8, 1, 128, 128)
     _, _, step, how = train_step(lambda: medgen_default("vqvae", 2), medgen_loss, shape, "auto", None, False)
     for _ in range(2):
@@ -88,11 +113,13 @@ def child(args) -> None:
                         t0 = time.perf_counter()
                         step()
                         times[phase].append(time.perf_counter() - t0)
+                        used[phase].append(torch.get_num_threads())
+                        if governor is not None:
+                            governor.tick()
                 shares[phase].append(load.share)
             finally:
                 if proc is not None:
-                    proc.kill()
-                    proc.wait()
+                    stop(proc)
     quiet, busy = statistics.median(times["quiet"]), statistics.median(times["busy"])
     print(json.dumps({
         "threads": torch.get_num_threads(), **how,
@@ -100,6 +127,7 @@ def child(args) -> None:
         "quiet_s": round(quiet, 4), "busy_s": round(busy, 4), "busy_over_quiet": round(busy / quiet, 3),
         "foreign_cpu_share_quiet": round(max(shares["quiet"]), 3), "foreign_cpu_share_busy": round(max(shares["busy"]), 3),
         "times_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "threads_per_step": used,
     }))
 
 
@@ -111,6 +139,8 @@ def run_config(name: str, args) -> dict:
            "--rounds", str(args.rounds), "--steps", str(args.steps), "--competitor", args.competitor]
     if args.quick:
         cmd.append("--quick")
+    if name in ADAPTIVE:
+        cmd.append("--adaptive")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=os.getcwd())
     if done.returncode:
         raise SystemExit(f"configuration {name} failed:\n{done.stderr[-2000:]}")
@@ -123,9 +153,10 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--competitor", choices=("python", "numpy"), default="python")
     parser.add_argument("--rounds", type=int, default=3, help="quiet/busy alternations")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per phase")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per phase")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--adaptive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick and not args.child:
         args.rounds, args.steps = 1, 2

@@ -68,6 +68,8 @@ from medgen_cli.settings import (
 )
 from medgen_cli.settings.prior import DIFFUSION_ONLY, FLOW_SAMPLERS
 from medgen_cli.steps import _diffusion, encode_latents, preprocess, sample, train_ae, train_prior
+from medgen_cli.inference import AutoencoderTiler, TilingOptions
+from medgen_cli.settings.prior import TilingSettings
 from medgen_cli.steps._load import load_autoencoder
 from medgen_cli.steps._priors import load_prior, prior_lineage
 from medgen_cli.steps.evaluate_metrics import item_metrics
@@ -272,7 +274,8 @@ def bench_run(name: str, run: Path, flow_dir: Path, ladder, seeds: list[int], sp
     training = train_flow(run / "prior", flow_dir, retrain, gate)
     priors = {"diffusion": Prior.open(run / "prior"), "flow": Prior.open(flow_dir)}
     lineage = prior_lineage(run / "prior")
-    ae, _ = load_autoencoder(lineage.autoencoder, "cpu")
+    model_ae, _ = load_autoencoder(lineage.autoencoder, "cpu")
+    ae = AutoencoderTiler(model_ae, TilingOptions(**TilingSettings().options()), torch.device("cpu"))  # as sample.run
     data = Store.open(store_path(lineage.data, lineage.data_store))
     items = held_out_items(priors, data, split, max_items)
     if not items:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .errors import StepFailed, UsageError
-from .safety import LockError, OutputLock, normal_path as _normal, raw_paths as _raw_paths, relation as _relation
+from .safety import LockError, OutputLock, is_url, normal_path as _normal, raw_paths as _raw_paths, relation as _relation
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,33 @@ def read_manifest(path: Path | str) -> Manifest:
     if not file.is_file():
         raise ArtefactError(f"{path} is not a medgen artefact (it has no {MANIFEST}).")
     try:
-        return Manifest.model_validate_json(file.read_text())
+        manifest = Manifest.model_validate_json(file.read_text())
     except ValueError:
         raise ArtefactError(f"{file} is damaged or not a medgen manifest; re-create {path} with the step that made it.") from None
+    moved = [_relocated(ref, path) for ref in manifest.inputs]
+    if any(new is not ref for new, ref in zip(moved, manifest.inputs)):
+        manifest = manifest.model_copy(update={"inputs": moved})
+    return manifest
+
+
+def _relocated(ref: InputRef, owner: Path) -> InputRef:
+    """``ref`` with its path moved beside ``owner`` when the two were moved (or copied) together.
+
+    Manifests record inputs by absolute path. When that path is gone and ``owner``'s folder holds an artefact
+    of the input's name whose manifest has the recorded sha256 -- the very input, moved with it (a runs/
+    folder copied to another machine, a test fixture) -- that one is used. Anything else keeps the recorded
+    path, and reading it fails with the usual sentence.
+    """
+    recorded = Path(ref.path)
+    if is_url(ref.path) or recorded.exists():
+        return ref
+    beside = owner.parent / recorded.name
+    try:
+        if (beside / MANIFEST).is_file() and manifest_sha256(beside) == ref.sha256:
+            return ref.model_copy(update={"path": str(beside.resolve())})
+    except OSError:
+        pass
+    return ref
 
 
 def require(path: Path | str, kind: Kind | tuple[Kind, ...]) -> Manifest:

@@ -44,6 +44,11 @@ def _now() -> str:
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://, gs://, https://; not C:/
 
 
+def is_url(text: str) -> bool:
+    """Whether ``text`` is a URL (s3://, gs://, https://...) rather than a local path (C:/ is a path)."""
+    return bool(_URL.match(text))
+
+
 def normal_path(path: Path | str) -> str:
     """A comparable form of a path: the real path (symlinks resolved), or a normalised URL (s3://b/k)."""
     text = str(path)

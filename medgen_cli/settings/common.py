@@ -18,6 +18,10 @@ class RuntimeSettings(Section):
     threads: int = Field(
         0, ge=0, description="torch CPU threads (0 = torch's default: one per physical core; --threads on every step)."
     )
+    adaptive_threads: bool = Field(
+        False, description="Training with threads 0 on the CPU: use fewer threads while other processes keep\n"
+        "cores busy, more when they stop (faster on a shared machine; a rerun is then not bit-identical).",
+    )
 
 
 class SplitSettings(Section):

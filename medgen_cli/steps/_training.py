@@ -28,6 +28,7 @@ from ..train.metrics_log import read_metrics
 from ..train.checkpoint import write_atomic
 from ..train.allocator import tune_allocator
 from ..train.precision import Precision, resolve_precision, select_device, set_threads
+from ..train.threads import allow_adaptive
 
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -41,8 +42,8 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def training_runtime(device_name: str, precision_name: str, threads: int = 0, cpu_bf16: bool = False
-                     ) -> Iterator[tuple[DistContext, torch.device, Precision]]:
+def training_runtime(device_name: str, precision_name: str, threads: int = 0, cpu_bf16: bool = False,
+                     adaptive_threads: bool = False) -> Iterator[tuple[DistContext, torch.device, Precision]]:
     """(ctx, device, precision) for one training run; the process group is destroyed on exit.
 
     Args:
@@ -50,9 +51,11 @@ def training_runtime(device_name: str, precision_name: str, threads: int = 0, cp
         precision_name: train.precision (auto, fp32, bf16, fp16).
         threads: torch CPU threads (runtime.threads; 0 = torch's default).
         cpu_bf16: precision auto may pick bf16 on CPUs with native bf16 (train-ae).
+        adaptive_threads: runtime.adaptive_threads (used only with threads 0; `medgen_cli.train.threads`).
     """
     try:
         set_threads(threads)
+        allow_adaptive(adaptive_threads and threads == 0)
     except ValueError as err:
         raise UsageError(str(err)) from None
     tune_allocator()

@@ -162,7 +162,7 @@ def run(settings: TrainAESettings, out: Path | str, *, overwrite: bool = False, 
         progress: ``progress(step, total, text)`` after every optimizer step (rank 0 only).
     """
     with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads,
-                          cpu_bf16=True) as (ctx, device, precision):
+                          cpu_bf16=True, adaptive_threads=settings.runtime.adaptive_threads) as (ctx, device, precision):
         return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
 
 

@@ -208,8 +208,8 @@ def run(settings: TrainPriorSettings, out: Path | str, *, overwrite: bool = Fals
         resume: continue an interrupted ``out.partial`` from its last checkpoint.
         progress: ``progress(step, total, text)`` after every optimizer step (rank 0 only).
     """
-    with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads) as (
-            ctx, device, precision):
+    with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads,
+                          adaptive_threads=settings.runtime.adaptive_threads) as (ctx, device, precision):
         return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
 
 

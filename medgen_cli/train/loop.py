@@ -51,6 +51,7 @@ from .ema import ModelEMA
 from .metrics_log import MetricsLog
 from .precision import Precision
 from .schedule import PLAN_MARKS, build_scheduler, plan_steps, resize
+from .threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", train.keep_last, enabled=self.ctx.is_main)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.ctx.is_main)
         self.state = TrainState()
+        self.governor = ThreadGovernor.auto(precision.device, self.ctx.world_size)
 
     # ---------------------------------------------------------------------------------- weights
     @property
@@ -325,12 +327,21 @@ class Trainer:
         """Train until ``train.steps`` or the time budget; returns the final counters."""
         total = self.train.steps
         budget = self.train.max_minutes * 60.0 if self.train.max_minutes else None
+        try:
+            return self._fit(total, budget)
+        finally:
+            if self.governor is not None:
+                self.governor.restore()
+
+    def _fit(self, total: int, budget: float | None) -> TrainState:
         batches = self._batches()
         sums, counts = self.state.log_sums, self.state.log_counts
         clock = time.monotonic()
         rate_clock, rate_steps = clock, 0
         while self.state.step < total:
             logs = self._optimizer_step(batches)
+            if self.governor is not None:
+                self.governor.tick()
             self.state.step += 1
             now = time.monotonic()
             self.state.elapsed += now - clock
