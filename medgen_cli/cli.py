@@ -25,6 +25,7 @@ from rich.text import Text
 from . import __version__
 from .errors import MedgenError, StepFailed, UsageError, os_error_sentence
 from .settings import load_settings
+from .windows import preset_list
 
 app = typer.Typer(
     name="medgen",
@@ -185,7 +186,7 @@ def preprocess_cmd(
     spacing: Optional[str] = typer.Option(None, help="Resample to this spacing in mm, e.g. 1.5 or 0.8,0.8,2."),
     fit: Optional[str] = typer.Option(None, help="Fit into this size keeping the aspect ratio, e.g. 64,64[,64]."),
     shape: Optional[str] = typer.Option(None, help="Crop or pad to this shape."),
-    window: Optional[str] = typer.Option(None, help="CT window centre,width in HU or a preset (brain, soft-tissue, lung, bone, pulmonary-vessels)."),
+    window: Optional[str] = typer.Option(None, help=f"CT window centre,width in HU or a preset ({preset_list()})."),
     modality: Optional[str] = typer.Option(None, help="Force the modality: CT, MR, XR or OT."),
     orientation: Optional[str] = typer.Option(None, help="Canonical orientation, default RAS."),
     derive: Optional[list[str]] = typer.Option(None, help="Derived paired store: drr, lowdose, downsample:F (repeatable)."),

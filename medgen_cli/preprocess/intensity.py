@@ -19,52 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.windows import WINDOW_PRESETS, parse_window
 
 log = logging.getLogger(__name__)
 
-#: Standard CT display windows, (centre, width) in HU.
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "soft-tissue": (40.0, 400.0),
-    "lung": (-600.0, 1500.0),
-    "bone": (400.0, 1800.0),
-    "pulmonary-vessels": (200.0, 1800.0),
-}
-
 _TRANSFORMS = ("linear", "log")
-
-
-def parse_window(spec: str | Sequence[float]) -> tuple[float, float]:
-    """Parse a window given as a preset name (``"lung"``) or ``"centre,width"`` (``"40,400"``).
-
-    Args:
-        spec: preset name, ``"C,W"`` string, or a ``(centre, width)`` pair.
-
-    Returns:
-        ``(centre, width)`` in HU.
-    """
-    if isinstance(spec, str):
-        key = spec.strip().lower()
-        if key in WINDOW_PRESETS:
-            return WINDOW_PRESETS[key]
-        parts = key.split(",")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            center, width = (float(p) for p in parts)
-        except ValueError:
-            raise ValueError(
-                f"window {spec!r} is neither a preset ({', '.join(WINDOW_PRESETS)}) "
-                "nor 'centre,width' such as '40,400'"
-            ) from None
-    else:
-        try:
-            center, width = (float(v) for v in spec)
-        except (TypeError, ValueError):
-            raise ValueError(f"window {spec!r} must be a preset name or a (centre, width) pair") from None
-    if not np.isfinite(center) or not np.isfinite(width) or width <= 0:
-        raise ValueError(f"window needs a finite centre and a width > 0, got centre={center}, width={width}")
-    return center, width
 
 
 def _check_out_range(out_range: Sequence[float]) -> tuple[float, float]:

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import FloatTuple, IntTuple, Section
+from ..windows import WINDOW_PRESETS, parse_window, preset_list
 from .common import RuntimeSettings, SplitSettings, StoreSettings
 
-WINDOW_PRESET_NAMES = ("brain", "soft-tissue", "lung", "bone", "pulmonary-vessels")
 DERIVE_PATTERN = re.compile(r"^(drr|lowdose|downsample:\d+(,\d+){0,2})$")
 MASK_RULE_KINDS = ("suffix", "csv", "pattern")
 
@@ -95,7 +95,7 @@ class IntensitySettings(Section):
         "auto", description="auto: window for CT (needs intensity.window), percentile for MR, minmax for X-ray."
     )
     window: str | None = Field(
-        None, description="CT window 'centre,width' in HU or a preset: " + ", ".join(WINDOW_PRESET_NAMES) + "."
+        None, description="CT window 'centre,width' in HU or a preset: " + preset_list() + "."
     )
     percentiles: FloatTuple = Field((0.5, 99.5), description="Percentile clipping for MR (low, high).")
     output_range: FloatTuple = Field((-1.0, 1.0), description="Stored value range: -1,1 or 0,1.")
@@ -104,15 +104,9 @@ class IntensitySettings(Section):
     @field_validator("window")
     @classmethod
     def _window(cls, v: str | None) -> str | None:
-        if v is None or v in WINDOW_PRESET_NAMES:
+        if v is None or v in WINDOW_PRESETS:
             return v
-        parts = str(v).split(",")
-        try:
-            centre, width = (float(p) for p in parts)
-        except ValueError:
-            raise ValueError("needs 'centre,width' in HU or a preset name") from None
-        if width <= 0:
-            raise ValueError("window width must be positive")
+        centre, width = parse_window(str(v))
         return f"{centre:g},{width:g}"
 
     @field_validator("percentiles")
