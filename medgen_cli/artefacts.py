@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .errors import StepFailed, UsageError
+from .io import fs
 from .safety import LockError, OutputLock, is_url, normal_path as _normal, raw_paths as _raw_paths, relation as _relation
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,20 @@ def _now() -> str:
 
 # ------------------------------------------------------------------------------------------ reading
 def manifest_sha256(path: Path | str) -> str:
-    return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()
+    return hashlib.sha256(fs.read_bytes(fs.join(path, MANIFEST))).hexdigest()
 
 
 def read_manifest(path: Path | str) -> Manifest:
-    path = Path(path)
-    file = path / MANIFEST
-    if not path.exists():
-        raise ArtefactError(f"{path} does not exist.")
-    if not file.is_file():
-        raise ArtefactError(f"{path} is not a medgen artefact (it has no {MANIFEST}).")
+    path = fs.location(path)  # a Path, or a URL (s3://...) read through fsspec
+    file = fs.join(path, MANIFEST)
     try:
-        manifest = Manifest.model_validate_json(file.read_text())
+        text = fs.read_text(file)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        if not fs.exists(path):
+            raise ArtefactError(f"{path} does not exist.") from None
+        raise ArtefactError(f"{path} is not a medgen artefact (it has no {MANIFEST}).") from None
+    try:
+        manifest = Manifest.model_validate_json(text)
     except ValueError:
         raise ArtefactError(f"{file} is damaged or not a medgen manifest; re-create {path} with the step that made it.") from None
     moved = [_relocated(ref, path) for ref in manifest.inputs]
@@ -98,7 +101,7 @@ def read_manifest(path: Path | str) -> Manifest:
     return manifest
 
 
-def _relocated(ref: InputRef, owner: Path) -> InputRef:
+def _relocated(ref: InputRef, owner: Path | str) -> InputRef:
     """``ref`` with its path moved beside ``owner`` when the two were moved (or copied) together.
 
     Manifests record inputs by absolute path. When that path is gone and ``owner``'s folder holds an artefact
@@ -107,7 +110,7 @@ def _relocated(ref: InputRef, owner: Path) -> InputRef:
     path, and reading it fails with the usual sentence.
     """
     recorded = Path(ref.path)
-    if is_url(ref.path) or recorded.exists():
+    if isinstance(owner, str) or is_url(ref.path) or recorded.exists():  # owner a URL: inputs are never moved beside it
         return ref
     beside = owner.parent / recorded.name
     try:
@@ -120,10 +123,10 @@ def _relocated(ref: InputRef, owner: Path) -> InputRef:
 
 def require(path: Path | str, kind: Kind | tuple[Kind, ...]) -> Manifest:
     """Read ``path``'s manifest and check it is complete, of ``kind`` and of a schema we read."""
-    path = Path(path)
+    path = fs.location(path)
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     wanted = " or ".join(kinds)
-    if not path.exists() and (Path(f"{path}.partial") / MARKER).is_file():
+    if _unfinished(path):
         raise ArtefactError(f"{path} is unfinished (only {path}.partial exists); re-run the step that makes it to resume.")
     manifest = read_manifest(path)
     if manifest.schema_version > SCHEMA_VERSION:
@@ -137,13 +140,28 @@ def require(path: Path | str, kind: Kind | tuple[Kind, ...]) -> Manifest:
         )
     if manifest.status != "complete":
         raise ArtefactError(f"{path} is incomplete (status {manifest.status}); re-run the step that makes it.")
+    if fs.is_url(path):  # objects are not renamed into place together: check the listed ones arrived
+        missing = sorted(set(manifest.files) - set(fs.listdir(path)))
+        if missing:
+            raise ArtefactError(f"{path} is incomplete: {', '.join(missing[:5])} listed in its {MANIFEST} is missing; "
+                                "re-run the step that makes it.")
     return manifest
+
+
+def _unfinished(path: Path | str) -> bool:
+    """Only an interrupted run's ``OUT.partial`` (or, at a URL, an interrupted commit) is there, no manifest."""
+    partial_mark = fs.join(f"{path}.partial", MARKER)
+    if not fs.is_url(path):
+        return not path.exists() and fs.isfile(partial_mark)
+    return not fs.isfile(fs.join(path, MANIFEST)) and (fs.isfile(partial_mark) or fs.isfile(fs.join(path, MARKER)))
 
 
 def input_ref(path: Path | str, role: str, kind: Kind | tuple[Kind, ...]) -> InputRef:
     """``require`` an input and describe it for the new manifest's ``inputs``."""
     manifest = require(path, kind)
-    return InputRef(role=role, path=str(Path(path).resolve()), kind=manifest.kind, sha256=manifest_sha256(path))
+    where = fs.location(path)
+    where = where if fs.is_url(where) else str(where.resolve())
+    return InputRef(role=role, path=where, kind=manifest.kind, sha256=manifest_sha256(path))
 
 
 MAX_LINEAGE_DEPTH, MAX_LINEAGE_NODES = 20, 500
@@ -156,7 +174,7 @@ def lineage(path: Path | str, _ancestors: tuple[str, ...] = (), _budget: list[in
     itself, or a loop of two) becomes ``{"path", "cycle": True, "inputs": []}``, and a tree deeper than
     ``MAX_LINEAGE_DEPTH`` or larger than ``MAX_LINEAGE_NODES`` ends in ``{"path", "truncated": True}``.
     """
-    path = Path(path)
+    path = fs.location(path)
     budget = [MAX_LINEAGE_NODES] if _budget is None else _budget
     try:
         manifest = read_manifest(path)
@@ -184,9 +202,9 @@ def lineage(path: Path | str, _ancestors: tuple[str, ...] = (), _budget: list[in
     return node
 
 
-def find_upstream(path: Path | str, kind: Kind, role: str | None = None) -> Path:
+def find_upstream(path: Path | str, kind: Kind, role: str | None = None) -> Path | str:
     """Follow ``inputs`` from ``path`` until an artefact of ``kind`` (e.g. prior -> latents -> autoencoder)."""
-    path = Path(path)
+    path = fs.location(path)
     seen: set[str] = {_normal(path)}  # each artefact once, the start included: loops end
     frontier = [path]
     while frontier:
@@ -197,7 +215,7 @@ def find_upstream(path: Path | str, kind: Kind, role: str | None = None) -> Path
         for ref in manifest.inputs:
             if _normal(ref.path) not in seen and (role is None or ref.role == role or ref.kind != kind):
                 seen.add(_normal(ref.path))
-                frontier.append(Path(ref.path))
+                frontier.append(fs.location(ref.path))
     raise ArtefactError(f"no {kind} artefact found in the lineage of {path}.")
 
 
@@ -263,6 +281,13 @@ class ArtefactWriter:
             its own lock.
     """
 
+    def __new__(cls, out: Path | str, *args: Any, **kwargs: Any) -> "ArtefactWriter":
+        if cls is ArtefactWriter and is_url(str(out)):  # s3://... : objects, no rename (artefacts_url.py)
+            from .artefacts_url import UrlArtefactWriter
+
+            cls = UrlArtefactWriter
+        return super().__new__(cls)
+
     def __init__(self, out: Path | str, kind: Kind, settings: dict[str, Any], inputs: list[InputRef] | None = None,
                  overwrite: bool = False, resume: bool = True, raw_inputs: Sequence[str | Path] = (),
                  shard: tuple[int, int] = (0, 1)):
@@ -288,6 +313,17 @@ class ArtefactWriter:
     def close(self) -> None:
         """Release the lock; an uncommitted ``OUT.partial`` stays for a later resume."""
         self.lock.release()
+
+    def store_path(self, name: str) -> str:
+        """Where the step writes its zarr store ``name`` (in ``OUT.partial``; for a URL output, on the object store)."""
+        from .io.store import store_path
+
+        return store_path(self.stores, name)
+
+    @property
+    def stores(self) -> Path | str:
+        """The directory (or URL prefix) the step's zarr stores are written in."""
+        return self.partial
 
     def check_inputs(self) -> None:
         """Refuse an output that is, lies inside or contains an input (a raw path, an input artefact or its upstream)."""
@@ -351,6 +387,14 @@ class ArtefactWriter:
             raise ArtefactError(f"{partial} was not created by medgen (it has no {MARKER} mark), so medgen will not "
                                 "delete, reuse or resume it; move it away (delete it yourself if it is an interrupted "
                                 "run of an older medgen) or choose another output directory.")
+        if self._resumable(partial):
+            self.resumed = True
+        else:
+            shutil.rmtree(partial)
+
+    def _resumable(self, partial: Path | str) -> bool:
+        """Whether medgen's interrupted run in ``partial`` is resumed (True) or discarded (False); raises when
+        neither is allowed (other settings or changed inputs without ``overwrite``)."""
         try:
             old = read_manifest(partial)
         except ArtefactError:
@@ -358,12 +402,12 @@ class ArtefactWriter:
         same = old is not None and old.kind == self.kind and old.settings == self.settings
         changed = self._changed_input(old) if same else None
         if same and self.resume and changed is None:
-            self.resumed = True
+            return True
         elif same and self.resume and not self.overwrite:
             raise ArtefactError(f"the input {changed.path} ({changed.role}) changed after {partial} was started from "
                                 "it, so the run cannot be resumed; pass --overwrite to start again.")
         elif self.overwrite or old is None:
-            shutil.rmtree(partial)
+            return False
         else:
             raise ArtefactError(
                 f"{partial} holds an interrupted run with different settings; "
@@ -386,9 +430,7 @@ class ArtefactWriter:
         tmp = self.partial.with_name(f"{self.partial.name}.new-{uuid.uuid4().hex[:12]}")
         os.mkdir(tmp)
         try:
-            mark = {"created_by": "medgen", "medgen_version": __version__, "kind": self.kind, "created": _now(),
-                    "pid": os.getpid(), "host": socket.gethostname()}
-            (tmp / MARKER).write_text(json.dumps(mark) + "\n")
+            (tmp / MARKER).write_text(marker_text(self.kind))
             write_manifest(tmp, Manifest(kind=self.kind, settings=self.settings, inputs=self.inputs))
             os.rename(tmp, self.partial)
         except OSError:
@@ -440,6 +482,13 @@ class ArtefactWriter:
                              f"committed and {self.partial} is kept.") from None
 
 
+def marker_text(kind: str) -> str:
+    """What the ``.medgen-partial`` mark holds: who made the partial, when, where."""
+    mark = {"created_by": "medgen", "medgen_version": __version__, "kind": kind, "created": _now(),
+            "pid": os.getpid(), "host": socket.gethostname()}
+    return json.dumps(mark) + "\n"
+
+
 def _settings_yaml(settings: dict[str, Any]) -> str:
     import yaml
 
@@ -448,4 +497,4 @@ def _settings_yaml(settings: dict[str, Any]) -> str:
 
 
 def load_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text())
+    return json.loads(fs.read_text(path))

@@ -179,7 +179,7 @@ def _preprocess_threads(threads: int) -> None:
 @app.command("preprocess", epilog="Example: medgen preprocess data/*.nrrd --out prep/ --window lung --spacing 1.5")
 def preprocess_cmd(
     inputs: list[str] = typer.Argument(..., help="Files, directories (DICOM series or image folders) or glob patterns."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     mode: Optional[str] = typer.Option(None, help="volume, slices or sequence."),
@@ -238,8 +238,8 @@ def preprocess_cmd(
 # --------------------------------------------------------------------------------------- train-ae
 @app.command("train-ae", epilog="Example: medgen train-ae --data prep/ --out ae/ --kind vqgan --max-minutes 10")
 def train_ae_cmd(
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Preprocessed artefact to train on (or data.path in --config)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Preprocessed artefact to train on (or data.path in --config)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     kind: Optional[str] = typer.Option(None, "--kind", help="Autoencoder: vqvae, vqvae2, vqgan or klvae."),
@@ -278,9 +278,9 @@ def train_ae_cmd(
 # --------------------------------------------------------------------------------- encode-latents
 @app.command("encode-latents", epilog="Example: medgen encode-latents --ae ae/ --data prep/ --out lat/")
 def encode_latents_cmd(
-    ae: Optional[Path] = typer.Option(None, "--ae", help="Autoencoder artefact to encode with (or ae in --config)."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Preprocessed artefact whose items are encoded (all splits)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    ae: Optional[str] = typer.Option(None, "--ae", help="Autoencoder artefact to encode with (or ae in --config)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Preprocessed artefact whose items are encoded (all splits)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     store: Optional[str] = typer.Option(None, "--store", help="Store of the data artefact: main (default) or a derived one, e.g. drr."),
@@ -313,12 +313,12 @@ def encode_latents_cmd(
 # ------------------------------------------------------------------------------------ train-prior
 @app.command("train-prior", epilog="Example: medgen train-prior --latents lat/ --out prior/ --kind transformer --condition lat_xray/")
 def train_prior_cmd(
-    latents: Optional[Path] = typer.Option(None, "--latents", "-l", help="Latents artefact to train on (or data.path in --config)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    latents: Optional[str] = typer.Option(None, "--latents", "-l", help="Latents artefact to train on (or data.path in --config)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     kind: Optional[str] = typer.Option(None, "--kind", help="Prior: transformer, maskgit, pixelcnn or diffusion."),
-    condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Latents artefact joined by item id or by subject (condition.join): a prefix for token priors, channels for diffusion (repeatable)."),
+    condition: Optional[list[str]] = typer.Option(None, "--condition", help="Latents artefact joined by item id or by subject (condition.join): a prefix for token priors, channels for diffusion (repeatable)."),
     label: Optional[str] = typer.Option(None, "--label", help="Item attribute whose values are class labels, e.g. view."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
@@ -357,8 +357,8 @@ def train_prior_cmd(
 # ----------------------------------------------------------------------------------------- sample
 @app.command("sample", epilog="Example: medgen sample --prior prior/ --out samples/ -n 16 --top-k 50")
 def sample_cmd(
-    prior: Optional[Path] = typer.Option(None, "--prior", "-p", help="Prior artefact to sample from (or prior in --config)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    prior: Optional[str] = typer.Option(None, "--prior", "-p", help="Prior artefact to sample from (or prior in --config)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     num_samples: Optional[int] = typer.Option(None, "-n", "--num-samples", help="Samples to draw (per subject when conditional)."),
@@ -372,7 +372,7 @@ def sample_cmd(
     eta: Optional[float] = typer.Option(None, "--eta", help="Diffusion priors: DDIM stochasticity, 0 = deterministic (default: the prior's, 0); dpmpp_2m and the flow samplers take 0 only."),
     guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Diffusion priors: classifier-free guidance; 1 = the conditional model, 0 = the unconditional one (default: the prior's, 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples drawn at once."),
-    condition: Optional[list[Path]] = typer.Option(None, "--condition", help="Condition latents artefact (default: those the prior was trained with; repeatable)."),
+    condition: Optional[list[str]] = typer.Option(None, "--condition", help="Condition latents artefact (default: those the prior was trained with; repeatable)."),
     subject: Optional[str] = typer.Option(None, "--subject", help="Generate for this subject's condition items."),
     all_subjects: bool = typer.Option(False, "--all", help="Generate for every subject (item-joined priors: every condition item) of the condition artefacts."),
     label: Optional[str] = typer.Option(None, "--label", help="Class label for label-conditioned priors."),
@@ -408,11 +408,11 @@ def sample_cmd(
 @app.command("evaluate", epilog="Example: medgen evaluate --ae ae/ --data prep/ --split test --out eval/ ; "
              "medgen evaluate --samples samples/ --data prep/ --out eval_s/")
 def evaluate_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
-    ae: Optional[Path] = typer.Option(None, "--ae", help="Autoencoder artefact: reconstruction metrics of --data (for --samples: overrides the one in the lineage)."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Preprocessed artefact with the real items."),
-    samples: Optional[Path] = typer.Option(None, "--samples", help="Samples artefact: distances, diversity and memorisation (with --data), paired metrics (with --target)."),
-    target: Optional[Path] = typer.Option(None, "--target", help="Preprocessed artefact with the ground truth of conditional samples, joined by condition item id or subject id."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
+    ae: Optional[str] = typer.Option(None, "--ae", help="Autoencoder artefact: reconstruction metrics of --data (for --samples: overrides the one in the lineage)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Preprocessed artefact with the real items."),
+    samples: Optional[str] = typer.Option(None, "--samples", help="Samples artefact: distances, diversity and memorisation (with --data), paired metrics (with --target)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Preprocessed artefact with the ground truth of conditional samples, joined by condition item id or subject id."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of the real items (default: test with --ae, train with --samples, every split with --target)."),
     store: Optional[str] = typer.Option(None, "--store", help="Store of --data: main or a derived one."),
     target_store: Optional[str] = typer.Option(None, "--target-store", help="Store of --target."),
@@ -441,7 +441,7 @@ def evaluate_cmd(
         flagged = result.metrics.get("memorisation", {}).get("flagged", 0)
         if flagged:
             console.print(f"[bold yellow]{flagged} sample(s) look like copies of training items[/]; "
-                          f"see {escape(str(out / 'memorisation.csv'))} and {escape(str(out / 'pictures' / 'memorisation'))}")
+                          f"see {escape(f'{out}/memorisation.csv')} and {escape(f'{out}/pictures/memorisation')}")
         console.print(f"[green]wrote[/] {escape(str(out))}")
 
 
@@ -449,8 +449,8 @@ def evaluate_cmd(
 @app.command("export", epilog="Example: medgen export samples/ --format nifti --out nii/ ; "
              "medgen export ae/ --format onnx --out ae_onnx/")
 def export_cmd(
-    source: Path = typer.Argument(..., help="Preprocessed, samples or latents (with --decode) artefact; an autoencoder for model formats."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output artefact directory."),
+    source: str = typer.Argument(..., help="Preprocessed, samples or latents (with --decode) artefact; an autoencoder for model formats."),
+    out: str = typer.Option(..., "--out", "-o", help="Output artefact directory or fsspec URL (s3://bucket/run/name)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="nifti, nrrd, mha, dicom or png; torchscript, onnx or safetensors for models."),
     store: Optional[str] = typer.Option(None, "--store", help="Store to export (default: main; samples for a samples artefact)."),
     split: Optional[str] = typer.Option(None, "--split", help="Export only this split."),
@@ -485,7 +485,7 @@ def export_cmd(
 # ---------------------------------------------------------------------------------------- inspect
 @app.command("inspect", epilog="Example: medgen inspect prep/ --json ; medgen inspect prep/ --check")
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="Any medgen artefact directory."),
+    path: str = typer.Argument(..., help="Any medgen artefact directory (or fsspec URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     check: bool = typer.Option(False, "--check", help="Read and verify every chunk of every store (exit 1 if one is damaged)."),
 ) -> None:

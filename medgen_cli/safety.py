@@ -17,7 +17,6 @@ import glob
 import json
 import logging
 import os
-import posixpath
 import re
 import socket
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
+from .io import fs
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ def normal_path(path: Path | str) -> str:
     """A comparable form of a path: the real path (symlinks resolved), or a normalised URL (s3://b/k)."""
     text = str(path)
     if _URL.match(text):
-        scheme, _, rest = text.partition(":")
-        return f"{scheme.lower()}://{posixpath.normpath('/' + rest.lstrip('/')).lstrip('/')}"
+        return fs.normal_url(text)
     return os.path.realpath(os.path.expanduser(text))
 
 
@@ -111,10 +110,10 @@ def _running(pid: Any, proc_start: str | None) -> bool:
     return proc_start is None or now is None or now == proc_start
 
 
-def _read_lock(path: Path) -> dict[str, Any] | None:
-    """The lock's record; None when there is no lock, {} when it cannot be read."""
+def _read_lock(path: Path | str) -> dict[str, Any] | None:
+    """The lock's record; None when there is no lock, {} when it cannot be read (a file or a URL)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(fs.read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -124,8 +123,8 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
 
 def _release(path: str, token: str, pid: int) -> None:
     """Delete the lock file if it still holds ``token`` (never from a forked child of the owner)."""
-    if os.getpid() == pid and (_read_lock(Path(path)) or {}).get("token") == token:
-        Path(path).unlink(missing_ok=True)
+    if os.getpid() == pid and (_read_lock(path) or {}).get("token") == token:
+        fs.remove(path)
     entry = _HOLDERS.get(path)
     if entry is not None and entry[2] == token:
         del _HOLDERS[path]

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..artefacts import ArtefactError, require
+from ..io import fs
 from ..models.registry import build_autoencoder
 
 MODEL_FILE = "model.safetensors"
@@ -31,16 +31,16 @@ def load_autoencoder(artefact: Path | str, device: str | torch.device = "cpu") -
         (model, info): ``info`` is ``model.json``: kind, config, latent_scale, data_range,
         intensity, spatial_dims, input_shape, patch_size, latent_shape.
     """
-    artefact = Path(artefact)
+    artefact = fs.location(artefact)
     require(artefact, "autoencoder")
     try:
-        info = json.loads((artefact / MODEL_JSON).read_text())
+        info = json.loads(fs.read_text(fs.join(artefact, MODEL_JSON)))
         config = dict(info["config"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise ArtefactError(f"{artefact / MODEL_JSON} is missing or damaged; re-run medgen train-ae.") from None
+        raise ArtefactError(f"{fs.join(artefact, MODEL_JSON)} is missing or damaged; re-run medgen train-ae.") from None
     try:
         model = build_autoencoder(**config)
-        weights = load_file(str(artefact / MODEL_FILE), device=str(device))
+        weights = fs.load_safetensors(fs.join(artefact, MODEL_FILE), device=str(device))
         model.load_state_dict(weights)
     except Exception as err:  # noqa: BLE001 - safetensors, torch and OS errors alike
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..artefacts import ArtefactError, InputRef, find_upstream, input_ref, manifest_sha256, require
 from ..data.latents import LatentCodec, unit_scale
 from ..errors import StepFailed, UsageError
+from ..io import fs
 from ..io.store import Store, store_path
 from ..models.priors import GatedPixelCNN, MaskGITPrior, TransformerPrior, UNetPrior
 from ._load import load_autoencoder
@@ -68,16 +68,16 @@ def load_prior(artefact: Path | str, device: str | torch.device = "cpu") -> tupl
     Returns:
         (model, info): ``info`` is ``model.json`` (kind, config, latents, conditions, classes, ...).
     """
-    artefact = Path(artefact)
+    artefact = fs.location(artefact)
     require(artefact, "prior")
     try:
-        info = json.loads((artefact / MODEL_JSON).read_text())
+        info = json.loads(fs.read_text(fs.join(artefact, MODEL_JSON)))
         kind, config = info["kind"], dict(info["config"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise ArtefactError(f"{artefact / MODEL_JSON} is missing or damaged; re-run medgen train-prior.") from None
+        raise ArtefactError(f"{fs.join(artefact, MODEL_JSON)} is missing or damaged; re-run medgen train-prior.") from None
     try:
         model = build_prior(kind, config)
-        model.load_state_dict(load_file(str(artefact / MODEL_FILE), device=str(device)))
+        model.load_state_dict(fs.load_safetensors(fs.join(artefact, MODEL_FILE), device=str(device)))
     except Exception as err:  # noqa: BLE001 - safetensors, torch and OS errors alike
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ArtefactError(f"{artefact} holds weights that do not fit its model.json ({first}); "
@@ -116,7 +116,7 @@ class Latents:
 
 def open_latents(path: str | Path, role: str, store_name: str = "main") -> Latents:
     """Require a latents artefact and open one of its stores (a `UsageError` names what is wrong)."""
-    path = Path(path)
+    path = fs.location(path)
     ref = input_ref(path, role, "latents")
     summary = require(path, "latents").summary
     stores = summary.get("stores", {})
@@ -151,7 +151,7 @@ class Lineage:
 
 def latents_lineage(latents: Path | str) -> Lineage:
     """Autoencoder and data behind a latents artefact (warns when the autoencoder was re-made since)."""
-    latents = Path(latents)
+    latents = fs.location(latents)
     manifest = require(latents, "latents")
     refs = {ref.role: ref for ref in manifest.inputs}
     if "data" not in refs or "autoencoder" not in refs:
@@ -160,7 +160,7 @@ def latents_lineage(latents: Path | str) -> Lineage:
     require(refs["data"].path, "preprocessed")
     if manifest_sha256(ae) != refs["autoencoder"].sha256:
         log.warning("%s was re-made after %s was encoded with it; its codes may not match the decoder", ae, latents)
-    return Lineage(latents, ae, Path(refs["data"].path), str(manifest.settings.get("store", "main")))
+    return Lineage(latents, ae, fs.location(refs["data"].path), str(manifest.settings.get("store", "main")))
 
 
 def prior_lineage(prior: Path | str) -> Lineage:

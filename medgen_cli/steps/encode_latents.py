@@ -32,6 +32,7 @@ from ..artefacts import ArtefactWriter, input_ref
 from ..data.latents import latent_meta
 from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
+from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
 from ..settings.prior import EncodeSettings
 from ..train.precision import select_device
@@ -173,12 +174,12 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     for item_id in ids:
         _check_item(model, info, item_id, tuple(store.array(item_id).shape))
 
-    out = Path(out)
+    out = fs.location(out)  # a directory or a URL (s3://...)
     writer = ArtefactWriter(out, "latents", settings.model_dump(mode="json"), refs, overwrite=overwrite, resume=True)
     partial = writer.open()
     levels = _levels(model, info, settings.dtype)
     for lv in levels:
-        lv.store = Store.create(store_path(partial, lv.name), name=lv.name, level=lv.level)
+        lv.store = Store.create(writer.store_path(lv.name), name=lv.name, level=lv.level)
     # one listing per store, then O(1) per item: resuming costs what is left, not N^2 key listings
     finished = set.intersection(*(lv.store.complete_ids() for lv in levels))
     todo = [i for i in ids if i not in finished]

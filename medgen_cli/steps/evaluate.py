@@ -47,6 +47,7 @@ from ..artefacts import ArtefactError, ArtefactWriter, find_upstream, input_ref
 from ..errors import StepFailed, UsageError
 from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import IntensityMapping
+from ..io import fs
 from ..io.store import Store, store_path
 from ..metrics import diversity, frechet_distance, intensity_distance, mmd_rbf, resolve_data_range
 from ..settings.evaluate import EvaluateSettings
@@ -92,7 +93,7 @@ def _open_store(artefact: str, name: str) -> Store:
     except StepFailed:  # damaged metadata: DamagedStore names the store, keep it
         raise
     except ValueError:
-        stores = sorted(p.stem for p in Path(artefact).glob("*.zarr"))
+        stores = [n[:-len(".zarr")] for n in fs.listdir(artefact) if n.endswith(".zarr")]
         raise UsageError(f"{artefact} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
 
 
@@ -226,7 +227,7 @@ def run(settings: EvaluateSettings, out: Path | str, *, overwrite: bool = False,
     partial = writer.open()  # a killed run with the same settings is redone in place
     (partial / "plots").mkdir(exist_ok=True)
     (partial / "pictures").mkdir(exist_ok=True)
-    result = EvaluateResult(Path(out), mode, {"mode": mode})
+    result = EvaluateResult(fs.location(out), mode, {"mode": mode})
     try:
         if mode == "reconstruction":
             _reconstruction(settings, ae, partial, device, result, progress)

@@ -34,11 +34,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..artefacts import ArtefactWriter, find_upstream, input_ref, lineage, require
+from ..safety import normal_path as _normal
 from ..errors import StepFailed, UsageError
 from ..export import models as mx
 from ..export.images import export_item
 from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import IntensityMapping
+from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
 from ..models.registry import build_autoencoder
 from ..settings.evaluate import ExportSettings
@@ -83,8 +85,8 @@ def run(settings: ExportSettings, out: Path | str, *, overwrite: bool = False,
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
     if settings.is_model_format:
-        return _export_model(settings, Path(out), overwrite, progress)
-    return _export_images(settings, Path(out), overwrite, progress)
+        return _export_model(settings, fs.location(out), overwrite, progress)
+    return _export_images(settings, fs.location(out), overwrite, progress)
 
 
 def _writer(settings: ExportSettings, out: Path, inputs, overwrite: bool) -> tuple[ArtefactWriter, Path]:
@@ -120,7 +122,7 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
     except DamagedStore:
         raise
     except ValueError:
-        stores = sorted(p.stem for p in Path(source).glob("*.zarr"))
+        stores = [n[:-len(".zarr")] for n in fs.listdir(source) if n.endswith(".zarr")]
         raise UsageError(f"{source} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
     ids = _select(store, settings, f"{source} (store {name})")
     inputs = [input_ref(source, "source", kind)]
@@ -160,7 +162,7 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
                "items": len(rows), "synthetic": sum(r["synthetic"] for r in rows), "decoded": settings.decode}
     writer.commit(summary)
     log.info("exported %d item(s) of %s as %s to %s", len(rows), source, settings.format, out)
-    return ExportResult(out, summary, sorted(p.name for p in out.iterdir()))
+    return ExportResult(out, summary, fs.listdir(out))
 
 
 def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.device, batch_size: int,
@@ -229,7 +231,7 @@ def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress
         if fmt == "safetensors":
             checks = [_safetensors(model, info, partial, settings.runtime.seed)]
             data = _data_summary(manifest.settings)
-            card = mx.model_card(info, manifest.summary, manifest.settings, data, lineage(source), str(Path(source).resolve()))
+            card = mx.model_card(info, manifest.summary, manifest.settings, data, lineage(source), _normal(source))
             (partial / "README.md").write_text(card)
         else:
             mapping = IntensityMapping.from_dict(info.get("intensity"))
@@ -248,7 +250,7 @@ def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress
                "tolerance": settings.tolerance, "modules": checks}
     writer.commit(summary)
     log.info("exported %s as %s to %s", source, fmt, out)
-    return ExportResult(out, summary, sorted(p.name for p in out.iterdir()))
+    return ExportResult(out, summary, fs.listdir(out))
 
 
 @torch.no_grad()

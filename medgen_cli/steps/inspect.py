@@ -16,7 +16,8 @@ from typing import Any
 from ..artefacts import lineage, read_manifest
 from ..errors import StepFailed
 from ..io.masks import is_mask_store, label_summary
-from ..io.store import WRITERS, DamagedStore, Store
+from ..io import fs
+from ..io.store import WRITERS, DamagedStore, Store, store_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def run(path: Path | str, check: bool = False) -> dict[str, Any]:
         StepFailed: ``check`` found damage; the sentence names the first damaged items and the count, and
             the exception's ``report`` attribute holds the whole report.
     """
-    path = Path(path)
+    path = fs.location(path)  # a directory or a URL (s3://...)
     manifest = read_manifest(path)
     keys = KEY_SETTINGS.get(manifest.kind, [])
     report: dict[str, Any] = {
@@ -67,14 +68,14 @@ def run(path: Path | str, check: bool = False) -> dict[str, Any]:
         "summary": {k: v for k, v in manifest.summary.items() if k not in ("stores", "splits", "pipeline", "masks")},
     }
     labels = {}
-    for zdir in sorted(path.glob("*.zarr")):
+    for name in _store_names(path):
         try:
-            store = Store.open(zdir)
-            report["stores"][zdir.stem] = store.summary()
-            if is_mask_store(zdir.stem):
-                labels[zdir.stem] = label_summary(store)
+            store = Store.open(store_path(path, name))
+            report["stores"][name] = store.summary()
+            if is_mask_store(name):
+                labels[name] = label_summary(store)
         except ValueError as err:
-            report["stores"][zdir.stem] = {"error": str(err)}
+            report["stores"][name] = {"error": str(err)}
     if labels or "masks" in manifest.summary:
         recorded = manifest.summary.get("masks") or {}
         report["masks"] = {"source": recorded.get("source"), "pairs": recorded.get("pairs", {}), "stores": labels,
@@ -89,24 +90,30 @@ def run(path: Path | str, check: bool = False) -> dict[str, Any]:
     return report
 
 
-def check_stores(path: Path, kind: str) -> dict[str, Any]:
+def _store_names(path: Path | str) -> list[str]:
+    """The names of an artefact's stores (``<name>.zarr``), sorted."""
+    return [n[:-len(".zarr")] for n in fs.listdir(path) if n.endswith(".zarr")]
+
+
+def check_stores(path: Path | str, kind: str) -> dict[str, Any]:
     """Decode every chunk of every store of an artefact: ``{"stores": {name: counts}, "items", "chunks",
     "damaged": [{"store", "item", "reason"}, ...]}`` (item None: the store itself is unreadable)."""
     out: dict[str, Any] = {"stores": {}, "items": 0, "chunks": 0, "damaged": []}
-    for zdir in sorted(path.glob("*.zarr")):
+    for stem in _store_names(path):
+        zname = f"{stem}.zarr"
         try:
-            result = Store.open(zdir).check()
+            result = Store.open(store_path(path, stem)).check()
         except DamagedStore as err:
-            out["damaged"].append({"store": zdir.name, "item": None, "reason": str(err)})
+            out["damaged"].append({"store": zname, "item": None, "reason": str(err)})
             continue
         except ValueError as err:  # not a medgen store at all
-            out["damaged"].append({"store": zdir.name, "item": None, "reason": str(err)})
+            out["damaged"].append({"store": zname, "item": None, "reason": str(err)})
             continue
-        out["stores"][zdir.stem] = {k: v for k, v in result.items() if k != "damaged"}
+        out["stores"][stem] = {k: v for k, v in result.items() if k != "damaged"}
         out["items"] += result["items"]
         out["chunks"] += result["chunks"]
-        out["damaged"] += [{"store": zdir.name, "item": i, "reason": r} for i, r in result["damaged"].items()]
-        log.info("checked %s: %d item(s), %d chunk(s), %d damaged", zdir.name, result["items"], result["chunks"],
+        out["damaged"] += [{"store": zname, "item": i, "reason": r} for i, r in result["damaged"].items()]
+        log.info("checked %s: %d item(s), %d chunk(s), %d damaged", zname, result["items"], result["chunks"],
                  len(result["damaged"]))
     return out
 

@@ -38,9 +38,10 @@ from typing import Any, Callable
 
 from ..artefacts import MARKER, ArtefactWriter
 from ..errors import StepFailed, UsageError
+from ..io import fs
 from ..io.masks import MASK_STORE, is_mask_store, label_summary, mask_store_name
 from ..io.readers import ReadError, Source
-from ..io.store import Store
+from ..io.store import Store, store_path
 from ..preprocess import splits
 from ..settings import PreprocessSettings
 from ..viz.previews import store_preview
@@ -160,7 +161,7 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
     bases = item_bases(sources)
 
     mine = [k for k in range(len(sources)) if k % count == index]
-    own_partial = Path(f"{out}.partial")
+    own_partial = writer.partial  # OUT.partial (a local staging directory when OUT is a URL)
     changed = _changed_input(own_partial, sources, bases, mine, mask_of) if (own_partial / MARKER).is_file() else None
     if changed and not overwrite:  # its items would mix two versions of the data
         raise InputError(f"{changed} changed after the interrupted run in {own_partial} processed it (its size or "
@@ -173,11 +174,11 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
                                   "and running the same command again resumes")
     with writer, stop_on_sigterm(stopped):
         todo = [k for k in mine if not _progress_file(partial, bases[k]).exists()]
-        result = PreprocessResult(out=Path(out), skipped=len(mine) - len(todo))
+        result = PreprocessResult(out=fs.location(out), skipped=len(mine) - len(todo))
         if result.skipped:
             log.info("resuming: %d of %d inputs were already done", result.skipped, len(mine))
         key = lambda k: sources[k].path + sources[k].series_uid  # noqa: E731
-        jobs = [(sources[k], bases[k], subjects[key(k)], assignment[subjects[key(k)]], settings, str(partial),
+        jobs = [(sources[k], bases[k], subjects[key(k)], assignment[subjects[key(k)]], settings, str(writer.stores),
                  mask_of.get(key(k))) for k in todo]
         tracker = _Tracker(partial, settings, [(sources[k], subjects[key(k)], bases[k], mask_of.get(key(k))) for k in todo],
                            strict, progress)
@@ -263,39 +264,45 @@ def _commit(writer: ArtefactWriter, partial: Path, inputs: Inputs, assignment: d
     if s.masks.source:
         report.update({"masks_among_inputs": inputs.mask_inputs, "skipped_no_mask": inputs.no_mask})
     if not done:
-        _keep_only_report(partial, report)
+        _keep_only_report(partial, writer.stores, report)
         for path, reason in failed[:10]:
             log.warning("failed: %s", reason if path in reason else f"{path}: {reason}")
         raise StepFailed(f"all {len(failed)} input(s) failed, so {result.out} was not written; {result.out}.partial/{REPORT} "
                          "gives the reason for each: fix the inputs and run the same command again (--overwrite starts afresh).")
     _write_json(partial / REPORT, report)
-    summary = _summary(partial, done, assignment, s, count, failed, inputs)
+    summary = _summary(partial, writer.stores, done, assignment, s, count, failed, inputs)
     result.items = {name: st["items"] for name, st in summary["stores"].items()}
     result.failed = [tuple(f) for f in failed]
     writer.commit(summary)
     return result
 
 
-def _keep_only_report(partial: Path, report: dict[str, Any]) -> None:
-    """Remove the payload medgen wrote into ``partial`` (stores, previews, progress); write the report."""
+def _keep_only_report(partial: Path, stores: Path | str, report: dict[str, Any]) -> None:
+    """Remove the payload medgen wrote into ``partial`` (stores, previews, progress) and its stores (in
+    ``partial``, or the output's partial prefix on an object store); write the report."""
     for entry in partial.iterdir():
         if entry.name.endswith(".zarr") or entry.name in (PROGRESS_DIR, SHARDS_DIR, "previews"):
             shutil.rmtree(entry, ignore_errors=True)
+    if fs.is_url(stores):
+        for name in fs.listdir(stores):
+            if name.endswith(".zarr"):
+                fs.remove_tree(fs.join(stores, name))
     _write_json(partial / REPORT, report)
 
 
-def _summary(partial: Path, done: list[dict[str, Any]], assignment: dict[str, str], s: PreprocessSettings, count: int,
-             failed: list[list[str]], inputs: Inputs) -> dict[str, Any]:
+def _summary(partial: Path, where: Path | str, done: list[dict[str, Any]], assignment: dict[str, str],
+             s: PreprocessSettings, count: int, failed: list[list[str]], inputs: Inputs) -> dict[str, Any]:
+    """``where``: the directory (or URL prefix) the stores were written in."""
     stores, labels = {}, {}
-    for zdir in sorted(partial.glob("*.zarr")):
-        store = Store.open(zdir)
-        stores[zdir.stem] = store.summary()
-        if is_mask_store(zdir.stem):
-            labels[zdir.stem] = label_summary(store)
+    for name in [n[:-len(".zarr")] for n in fs.listdir(where) if n.endswith(".zarr")]:
+        store = Store.open(store_path(where, name))
+        stores[name] = store.summary()
+        if is_mask_store(name):
+            labels[name] = label_summary(store)
         try:
-            store_preview(partial / "previews" / f"{zdir.stem}.png", store)
+            store_preview(partial / "previews" / f"{name}.png", store)
         except (ValueError, RuntimeError) as err:  # a picture must never fail the step
-            log.warning("could not draw a preview of %s: %s", zdir.stem, err)
+            log.warning("could not draw a preview of %s: %s", name, err)
     used = {r["subject"] for r in done}
     return {
         "stores": stores,

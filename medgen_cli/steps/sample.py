@@ -52,6 +52,7 @@ from ..data.latents import condition_items, condition_subjects, latent_meta, rea
 from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
 from ..io.meta import ImageMeta
+from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
 from ..io.writers import write_nifti
 from ..sampling import generate, maskgit_generate
@@ -358,11 +359,11 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         for job in jobs:
             job.cond = _diffusion.prepare_conditions(info, codecs, job.cond)
 
-    out = Path(out)
+    out = fs.location(out)  # a directory or a URL (s3://...)
     writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), [prior_ref, *[c.ref for c in conds]],
                             overwrite=overwrite, resume=True)
     partial = writer.open()
-    output = _Output.create(partial, info, kind, settings)
+    output = _Output.create(partial, writer.stores, info, kind, settings)
     samples = output.samples
     shape = tuple(g * f for g, f in zip(info["grid_shape"], output.factors["main"]))
     total = sum(len(j.ids) for j in jobs)
@@ -425,11 +426,13 @@ class _Output:
     description: str
 
     @classmethod
-    def create(cls, partial: Path, info: dict[str, Any], kind: str, settings: SampleSettings) -> "_Output":
-        codes = {"main": Store.create(store_path(partial, "codes"), name="codes")}
+    def create(cls, partial: Path, stores: Path | str, info: dict[str, Any], kind: str,
+               settings: SampleSettings) -> "_Output":
+        """``stores``: where the stores go (``partial``, or the output's partial prefix on an object store)."""
+        codes = {"main": Store.create(store_path(stores, "codes"), name="codes")}
         if "top" in info.get("levels", []):
-            codes["top"] = Store.create(store_path(partial, "codes_top"), name="codes_top")
-        return cls(partial, Store.create(store_path(partial, "samples"), name="samples", synthetic=True), codes,
+            codes["top"] = Store.create(store_path(stores, "codes_top"), name="codes_top")
+        return cls(partial, Store.create(store_path(stores, "samples"), name="samples", synthetic=True), codes,
                    {name: s["factor"] for name, s in info["latents"]["stores"].items()},
                    "int16" if info["latents"].get("is_vq") and kind != "diffusion" else "float32", settings.nifti,
                    f"SYNTHETIC (medgen) {kind} prior sample, seed {settings.runtime.seed}")

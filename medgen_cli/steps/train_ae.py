@@ -30,6 +30,7 @@ from torch.utils.data import Subset
 from ..artefacts import ArtefactWriter, input_ref
 from ..data import ItemDataset, PatchDataset, build_augmentation, data_range, make_loader, open_store, set_epoch
 from ..errors import UsageError
+from ..io import fs
 from ..io.store import store_path
 from ..models.registry import build_autoencoder, build_discriminator
 from ..settings.train import TrainAESettings
@@ -163,7 +164,7 @@ def run(settings: TrainAESettings, out: Path | str, *, overwrite: bool = False, 
     """
     with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads,
                           cpu_bf16=True, adaptive_threads=settings.runtime.adaptive_threads) as (ctx, device, precision):
-        return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
+        return _run(settings, fs.location(out), ctx, device, precision, overwrite, resume, progress)
 
 
 def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> TrainAEResult:

@@ -34,6 +34,7 @@ from ..artefacts import ArtefactWriter
 from ..data import make_loader, set_epoch
 from ..data.latents import LatentsDataset, resolve_join
 from ..errors import UsageError
+from ..io import fs
 from ..io.store import store_path
 from ..settings.prior import TrainPriorSettings
 from ..train import distributed as dist_utils
@@ -210,7 +211,7 @@ def run(settings: TrainPriorSettings, out: Path | str, *, overwrite: bool = Fals
     """
     with training_runtime(settings.runtime.device, settings.train.precision, settings.runtime.threads,
                           adaptive_threads=settings.runtime.adaptive_threads) as (ctx, device, precision):
-        return _run(settings, Path(out), ctx, device, precision, overwrite, resume, progress)
+        return _run(settings, fs.location(out), ctx, device, precision, overwrite, resume, progress)
 
 
 def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> TrainPriorResult:
@@ -310,14 +311,14 @@ def _model_info(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]
         "kind": settings.prior.kind,
         "config": prior_config(final),
         "latents": lat.summary,
-        "latents_path": str(lat.path.resolve()),
+        "latents_path": lat.ref.path,  # resolved (or a normalised URL)
         "store": lat.store_name,
         "levels": ["top", "bottom"] if lat.is_vqvae2 else ["main"],
         "grid_shape": lat.grid_shape,
         "top_grid_shape": lat.summary["stores"]["top"]["grid_shape"] if lat.is_vqvae2 else None,
         "num_embeddings": lat.num_embeddings,
         "spatial_dims": lat.summary.get("spatial_dims"),
-        "conditions": [{"path": str(c.path.resolve()), "store": c.store_name, "role": "condition",
+        "conditions": [{"path": c.ref.path, "store": c.store_name, "role": "condition",
                         "num_embeddings": c.num_embeddings, "grid_shape": c.grid_shape,
                         "items_per_subject": c.items_per_subject} for c in conds],
         "join": join,  # item: condition item of the same id; subject: the subject's items (absent in old priors)
