@@ -17,7 +17,6 @@ import glob
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -41,12 +40,8 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------------------------- paths
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://, gs://, https://; not C:/
-
-
-def is_url(text: str) -> bool:
-    """Whether ``text`` is a URL (s3://, gs://, https://...) rather than a local path (C:/ is a path)."""
-    return bool(_URL.match(text))
+_URL = fs.URL  # s3://, gs://, https://; not C:/
+is_url = fs.is_url
 
 
 def normal_path(path: Path | str) -> str:
