@@ -24,12 +24,14 @@ Diffusion priors model continuous tensors (Rombach et al. 2022, sec. 3 and 4.3.2
   target's grid and concatenated as channels. A grid of another size (a ``downsample:2`` store
   encoded with the same autoencoder has half the grid) is resized by (bi/tri)linear interpolation
   with ``align_corners=False``, so voxel centres line up as in `latent_meta` (image voxel f*v..f*v+f-1).
-- `ContinuousLatentsDataset`: a `LatentsDataset` as ``{"x0", "cond", "label", ...}`` for diffusion.
+- `ContinuousLatentsDataset`: a `LatentsDataset` as ``{"x0", "cond", "label", ...}`` for diffusion; with
+  mask channels (`medgen_cli.data.masks.MaskChannels`), each item's label fractions on the latent grid
+  (its data item's mask, found by the latent's ``source_id``) are appended to ``cond``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -266,20 +268,25 @@ class ContinuousLatentsDataset(Dataset):
 
     Each sample is ``{"x0": (C, *grid) float32, "id", "subject"}`` plus ``"cond": (C_cond, *grid)``
     when the base dataset has condition stores (every condition item through the codec of its
-    store, resized to ``grid`` and concatenated) and ``"label"`` when it has labels.
+    store, resized to ``grid`` and concatenated) and ``"label"`` when it has labels. With ``masks``,
+    the label fractions of the item's mask (``masks(source id)``, (L, *grid)) follow the condition
+    latents in ``cond`` (or are all of it).
 
     Args:
         base: the latents dataset (``codes``, ``condition`` and ``label`` as it returns them).
         codec: the codec of the target latents.
         condition_codecs: one codec per condition store of ``base``.
+        masks: item id of the data -> (L, *grid) mask channels (a `MaskChannels`), or None.
     """
 
-    def __init__(self, base: LatentsDataset, codec: LatentCodec, condition_codecs: Sequence[LatentCodec] = ()):
+    def __init__(self, base: LatentsDataset, codec: LatentCodec, condition_codecs: Sequence[LatentCodec] = (),
+                 masks: Callable[[str], Tensor] | None = None):
         if len(condition_codecs) != len(base.conditions):
             raise ValueError(f"{len(base.conditions)} condition stores but {len(condition_codecs)} codecs")
         self.base = base
         self.codec = codec
         self.condition_codecs = list(condition_codecs)
+        self.masks = masks
 
     @property
     def samples(self):
@@ -296,4 +303,8 @@ class ContinuousLatentsDataset(Dataset):
             counts = [len(ids) for ids in self.base.samples[index][2]]
             codecs = [c for c, n in zip(self.condition_codecs, counts) for _ in range(n)]
             out["cond"] = condition_channels([g[None] for g in out.pop("condition")], codecs, x0.shape[1:])[0]
+        if self.masks is not None:
+            source = str(self.base.store.item_attrs(item["id"]).get("source_id", item["id"]))
+            channels = self.masks(source)
+            out["cond"] = torch.cat([out["cond"], channels]) if "cond" in out else channels
         return out

@@ -3,6 +3,11 @@
 Preprocess writes the masks of store ``main`` into ``masks`` under the same item ids (see
 :mod:`medgen_cli.io.masks`); `open_mask_store` finds it beside an image store and checks that every
 item has a mask of its shape, `mask_tensor` reads one as ``(1, *spatial)`` int64.
+
+Masks as the condition of a latent prior: `label_values` (the values present in some items),
+`label_fractions` (one-hot label maps averaged over each latent voxel: the fraction of its image voxels
+with each label, so a structure smaller than a latent voxel is not lost) and `MaskChannels` (those
+fractions for one mask item, refusing a label value it was not built with).
 """
 
 from __future__ import annotations
@@ -63,3 +68,72 @@ def open_mask_store(image_store: Store, masks: MaskOption, ids: Sequence[str],
 def mask_tensor(store: Store, item_id: str, region: tuple[slice, ...] | None = None) -> torch.Tensor:
     """(1, *spatial) int64 labels of an item (or of a region of it)."""
     return torch.from_numpy(store.read(item_id, region=region, dtype=np.int64))[None]
+
+
+# ------------------------------------------------------------------------- masks as prior conditions
+def label_values(store: Store, ids: Sequence[str]) -> list[int]:
+    """The label values present in the masks of ``ids``, sorted (from the items' ``labels`` attribute,
+    written by preprocess; a mask without it is read)."""
+    values: set[int] = set()
+    for item_id in ids:
+        present = store.item_attrs(item_id).get("labels")
+        if present is None:
+            present = np.unique(store.read(item_id, dtype=np.int64)).tolist()
+        values.update(int(v) for v in present)
+    return sorted(values)
+
+
+def label_fractions(labels: torch.Tensor, values: Sequence[int], factor: Sequence[int]) -> torch.Tensor:
+    """Label maps -> per-label fractions on the latent grid: one-hot, then averaged over each latent voxel.
+
+    Latent voxel ``v`` covers image voxels ``f*v .. f*v + f - 1`` on every axis (as in
+    `medgen_cli.data.latents.latent_meta`), so channel ``k`` of latent voxel ``v`` is the fraction of
+    those voxels labelled ``values[k]``: a structure smaller than a latent voxel keeps a non-zero value.
+
+    Args:
+        labels: (B, *spatial) integer label maps.
+        values: the label values, one channel each (in this order).
+        factor: image voxels per latent voxel along each spatial axis.
+
+    Returns:
+        (B, len(values), *grid) float32 with ``grid = spatial // factor``.
+
+    Raises:
+        ValueError: a spatial size is not a multiple of its factor, or a label is not among ``values``.
+    """
+    spatial, factor = tuple(labels.shape[1:]), tuple(int(f) for f in factor)
+    if len(factor) != len(spatial) or any(s % f for s, f in zip(spatial, factor)):
+        raise ValueError(f"a {list(spatial)} label map does not divide into latent voxels of {list(factor)} image voxels")
+    unseen = sorted(set(torch.unique(labels).tolist()) - {int(v) for v in values})
+    if unseen:
+        raise ValueError(f"label value(s) {unseen} are not among the labels {list(values)}")
+    onehot = torch.stack([labels == int(v) for v in values], dim=1).float()  # (B, L, *spatial)
+    grid = [s // f for s, f in zip(spatial, factor)]
+    split = [n for g, f in zip(grid, factor) for n in (g, f)]  # (B, L, g0, f0, g1, f1, ...)
+    return onehot.reshape(*onehot.shape[:2], *split).mean(dim=tuple(range(3, 2 + 2 * len(grid), 2)))
+
+
+class MaskChannels:
+    """The label-fraction channels of mask items, on a prior's latent grid (`label_fractions`).
+
+    Args:
+        store: the mask store.
+        values: the label values, one channel each (recorded in the prior's ``model.json``).
+        factor: image voxels per latent voxel along each spatial axis.
+    """
+
+    def __init__(self, store: Store, values: Sequence[int], factor: Sequence[int]):
+        if not values:
+            raise ValueError(f"{store.path}: no label values to condition on")
+        self.store, self.values, self.factor = store, [int(v) for v in values], [int(f) for f in factor]
+
+    @property
+    def channels(self) -> int:
+        return len(self.values)
+
+    def __call__(self, item_id: str) -> torch.Tensor:
+        """(L, *grid) label fractions of one mask item (a ValueError names the item when it does not fit)."""
+        try:
+            return label_fractions(mask_tensor(self.store, item_id), self.values, self.factor)[0]
+        except ValueError as err:
+            raise ValueError(f"the mask {item_id!r} of {self.store.path}: {err}") from None

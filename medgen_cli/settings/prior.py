@@ -5,8 +5,9 @@ for memory are encoded or decoded tile by tile (``medgen_cli.inference``).
 
 ``train-prior`` shares ``data``, ``optim``, ``train`` and ``runtime`` with ``train-ae``; its own
 sections are ``prior`` (the architecture, chosen by ``prior.kind``), ``condition`` (latents
-artefacts joined by item id or by subject, class labels) and ``diffusion`` (the UNet, the objective --
-a DDPM noise schedule or rectified flow --, loss, classifier-free guidance and sampling defaults of
+artefacts joined by item id or by subject, class labels, label maps of diffusion priors) and
+``diffusion`` (the UNet, the objective -- a DDPM noise schedule or rectified flow --, loss,
+classifier-free guidance and sampling defaults of
 ``prior.kind = diffusion``). Sampler names are those of ``medgen_cli.sampling.sampler_names()``, by
 family (``DIFFUSION_SAMPLERS``, ``FLOW_SAMPLERS``). A new token prior kind
 adds its name to ``PRIOR_KINDS``, its fields to ``PriorModelSettings`` (listed in ``_OWN_FIELDS``),
@@ -339,6 +340,20 @@ class ConditionSettings(Section):
     label: str | None = Field(
         None, description="Item attribute whose values are class labels (e.g. modality); null = no labels."
     )
+    masks: bool | str = Field(
+        False, description="diffusion: condition on label maps (preprocess --masks). true = the masks of the preprocessed\n"
+        "artefact the latents were encoded from; a path = a preprocessed artefact with a masks store holding\n"
+        "the training items' ids. Each label value seen in training becomes one channel: the fraction of a\n"
+        "latent voxel's image voxels with that label (one-hot, averaged per latent voxel), concatenated to\n"
+        "the UNet input and dropped with diffusion.p_uncond like the other conditions."
+    )
+
+    @field_validator("masks")
+    @classmethod
+    def _masks(cls, v: bool | str) -> bool | str:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("needs true, false or the path of a preprocessed artefact with masks")
+        return v
 
 
 class TrainPriorSettings(Section):
@@ -363,6 +378,13 @@ class TrainPriorSettings(Section):
             raise ValueError(f"optim.warmup_steps = {self.optim.warmup_steps} must be below train.steps = {self.train.steps}")
         if self.train.max_minutes is not None and not math.isfinite(self.train.max_minutes):
             raise ValueError(f"train.max_minutes = {self.train.max_minutes} must be a finite number of minutes")
+        if self.condition.masks is not False:
+            if self.prior.kind != "diffusion":
+                raise ValueError(f"condition.masks needs prior.kind = 'diffusion' (label maps become UNet input "
+                                 f"channels), not {self.prior.kind!r}")
+            if self.condition.paths:
+                raise ValueError("condition.masks and condition.paths exclude each other (a prior conditioned on "
+                                 "masks and on other latents is not supported yet); give one of them")
         if self.condition.paths and self.prior.kind == "pixelcnn":
             raise ValueError("condition.paths needs prior.kind transformer or maskgit or diffusion (pixelcnn takes labels only)")
         if self.prior.kind != "diffusion":
@@ -370,9 +392,10 @@ class TrainPriorSettings(Section):
             if changed:
                 raise ValueError(f"diffusion.{changed[0]} applies to prior.kind = 'diffusion' only, not "
                                  f"{self.prior.kind!r}; remove it or change the kind")
-        elif self.diffusion.guidance_scale != 1.0 and not (self.condition.paths or self.condition.label):
+        elif self.diffusion.guidance_scale != 1.0 and not (self.condition.paths or self.condition.label
+                                                           or self.condition.masks is not False):
             raise ValueError(f"diffusion.guidance_scale = {self.diffusion.guidance_scale} needs a conditional prior "
-                             "(condition.paths or condition.label)")
+                             "(condition.paths, condition.label or condition.masks)")
         return self
 
 
@@ -445,7 +468,9 @@ class SamplerSettings(Section):
 
 class SampleConditionSettings(Section):
     paths: list[str] = Field(
-        default_factory=list, description="Condition latents artefacts (empty = those the prior was trained with)."
+        default_factory=list, description="Condition latents artefacts (empty = those the prior was trained with); for a\n"
+        "mask-conditioned prior (condition.masks), one preprocessed artefact with a masks store: num_samples\n"
+        "images are drawn for each of its masks (of condition.split or condition.subject when given)."
     )
     subject: str | None = Field(None, description="Generate for this subject's condition items (item-joined priors:\n"
                                 "num_samples for each of its items).")

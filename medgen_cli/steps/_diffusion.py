@@ -14,7 +14,8 @@ validation (``train/diffusion_task.py``), the continuous view of stored latents 
   resolution-aware shift). Its ``config()`` serves every sampler of its family.
 - ``model.json`` gains ``latent`` (channels, is_vq, scale), ``diffusion`` (``objective``, the
   scheduler config, p_uncond, min_snr_gamma) and ``sampling`` (the defaults of ``medgen sample``);
-  each condition records its channels, scale and kind. A prior written before flow priors existed
+  each condition records its channels, scale and kind; a mask-conditioned prior records ``masks`` (its
+  label values, one channel each, see ``steps/_mask_condition.py``). A prior written before flow priors existed
   has no ``objective``: it is a diffusion prior and samples exactly as before.
 - Sampling: `sample_latents` builds the sampler with ``make_sampler(name, **config)`` (ddim, ddpm,
   dpmpp_2m for diffusion priors; flow_euler, flow_heun for flow priors; a sampler of the other family
@@ -42,6 +43,7 @@ from ..sampling import DDIMScheduler, FlowEulerScheduler, Sampler, make_sampler,
 from ..settings.prior import DETERMINISTIC_SAMPLERS, SamplerSettings, TrainPriorSettings, wrong_family
 from ..train.diffusion_task import DiffusionLoss, SampleCheck
 from ._load import load_autoencoder
+from ._mask_condition import TrainingMasks, training_masks
 from ._priors import Latents, build_prior, latent_codec, latents_lineage
 
 log = logging.getLogger(__name__)
@@ -56,14 +58,21 @@ class DiffusionData:
         codec: the target latents' codec.
         condition_codecs: one per condition artefact.
         autoencoder: the autoencoder behind the target latents (loaded for VQ codebooks), or None.
+        masks: the label maps of a mask-conditioned prior (``condition.masks``), or None.
     """
 
     codec: LatentCodec
     condition_codecs: list[LatentCodec]
     autoencoder: nn.Module | None = None
+    masks: TrainingMasks | None = None
 
     def wrap(self, dataset) -> ContinuousLatentsDataset:
-        return ContinuousLatentsDataset(dataset, self.codec, self.condition_codecs)
+        masks = self.masks.channels if self.masks is not None else None
+        return ContinuousLatentsDataset(dataset, self.codec, self.condition_codecs, masks)
+
+    @property
+    def mask_channels(self) -> int:
+        return self.masks.channels.channels if self.masks is not None else 0
 
 
 def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) -> DiffusionData:
@@ -85,22 +94,23 @@ def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) ->
         ae, _ = load_autoencoder(latents_lineage(lat.path).autoencoder)
     split = settings.data.train_split
     codec = latent_codec(lat, split=split, autoencoder=ae)
-    return DiffusionData(codec, [latent_codec(c, split=split) for c in conds], ae)
+    return DiffusionData(codec, [latent_codec(c, split=split) for c in conds], ae, training_masks(settings, lat))
 
 
 def _cond_channels(conds: list[Latents]) -> int:
     return sum(int(c.summary["latent_channels"]) * c.items_per_subject for c in conds)
 
 
-def build(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None
-          ) -> tuple[nn.Module, DiffusionLoss]:
-    """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject)."""
+def build(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None,
+          mask_channels: int = 0) -> tuple[nn.Module, DiffusionLoss]:
+    """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject; label maps
+    add ``mask_channels`` condition channels after those of the condition latents)."""
     d = settings.diffusion
     unet = build_prior("diffusion", dict(
         spatial_dims=len(lat.grid_shape), in_channels=int(lat.summary["latent_channels"]), base_channels=d.base_channels,
         channel_mults=list(d.channel_mults), num_res_blocks=d.num_res_blocks, attention_levels=list(d.attention_levels),
         mid_attention=d.mid_attention, num_heads=d.num_heads, dropout=d.dropout, num_groups=d.num_groups,
-        cond_channels=_cond_channels(conds), num_classes=num_classes))
+        cond_channels=_cond_channels(conds) + mask_channels, num_classes=num_classes))
     return unet, DiffusionLoss(training_scheduler(settings, lat.grid_shape), d.p_uncond, d.min_snr_gamma)
 
 
@@ -151,7 +161,7 @@ def sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents
 
     return SampleCheck(batch=default_collate(items), targets=torch.stack(targets), data_ranges=ranges, decode=decode,
                        scheduler_config=scheduler_config(settings, lat.grid_shape), every=d.sample_every,
-                       steps=d.sample_steps, guidance_scale=d.guidance_scale, paired=bool(conds),
+                       steps=d.sample_steps, guidance_scale=d.guidance_scale, paired=bool(conds) or data.masks is not None,
                        sampler="ddim" if d.sampler == "ddpm" else d.sampler)  # ancestral sampling needs many steps
 
 
@@ -167,6 +177,7 @@ def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, 
         "condition_latents": [{"channels": int(c.summary["latent_channels"]), "is_vq": bool(c.summary.get("is_vq")),
                                "scale": codec.scale, "resized": list(c.grid_shape) != list(lat.grid_shape)}
                               for c, codec in zip(conds, data.condition_codecs)],
+        **({"masks": data.masks.info()} if data.masks is not None else {}),
     }
 
 
@@ -194,11 +205,11 @@ def sampling_options(info: dict[str, Any], s: SamplerSettings, prior: str) -> di
     T = info["diffusion"]["scheduler"].get("num_train_timesteps")
     if kind == "diffusion" and options["steps"] > T:
         raise UsageError(f"--steps {options['steps']} exceeds the {T} diffusion steps {prior} was trained with.")
-    conditional = bool(info.get("conditions") or info.get("classes"))
+    conditional = bool(info.get("conditions") or info.get("classes") or info.get("masks"))
     if options["guidance_scale"] != 1.0:
         if not conditional:
             raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} is unconditional; "
-                             "guidance needs a prior conditioned on latents or labels.")
+                             "guidance needs a prior conditioned on latents, labels or masks.")
         if not info["diffusion"]["p_uncond"]:
             raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} was trained with "
                              "diffusion.p_uncond = 0, so it has no unconditional model to guide against.")

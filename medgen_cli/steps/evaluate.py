@@ -12,7 +12,8 @@ Orchestration only (the computations are in ``evaluate_metrics``, the pictures i
   encoder features of the autoencoder found through the lineage (or ``ae``), the intensity
   distance in physical units, diversity (mean pairwise MS-SSIM) of the samples and of the real
   items, and the memorisation check against every item of ``train_split``; the encoder runs
-  tile by tile on volumes too large for memory (``tiling``, as above);
+  tile by tile on volumes too large for memory (``tiling``, as above); when the samples carry the masks
+  they were drawn for and the data have masks, per-label intensity statistics (``evaluate_masks``);
 * conditional (``samples`` + ``target``): paired metrics of every sample against its target item:
   the item of its ``condition_item`` id (priors joined by item), else the one item of its
   ``condition_subject`` (several samples of one condition are each scored); with ``baseline_store``
@@ -25,6 +26,7 @@ The ``evaluation`` artefact::
            items.csv          per-item metrics (reconstruction or conditional)
            baseline.csv       conditional with baseline_store: per target, its baseline item's metrics
            memorisation.csv   per sample: nearest training item, its SSIM, flagged
+           per_label.csv      masked samples: per label, real and generated intensity statistics
            plots/             histograms and box plots of per-item metrics, intensity histograms
            pictures/          strips, orthogonal views, MIPs, error maps (see evaluate_pictures)
 """
@@ -54,6 +56,7 @@ from ..settings.evaluate import EvaluateSettings
 from ..train.precision import select_device
 from ..viz import box_plot, histograms, reconstruction_grid
 from . import evaluate_metrics as em
+from . import evaluate_masks
 from . import evaluate_pictures as ep
 from ._load import load_autoencoder
 
@@ -237,6 +240,7 @@ def run(settings: EvaluateSettings, out: Path | str, *, overwrite: bool = False,
             result.metrics["samples"] = len(s_ids)
             if settings.data:
                 _distribution(settings, ae, s_store, s_ids, partial, device, result, progress)
+                evaluate_masks.per_label(settings, s_store, s_ids, partial, result)
             if settings.target:
                 _conditional(settings, s_store, s_ids, partial, result)
     except BaseException:

@@ -18,6 +18,8 @@ and the training data through the latents' ``data`` input. Writes::
                                them; VQ: the continuous latents before they are snapped to the codebook)
               nifti/<id>.nii.gz  physical units (HU for CT), marked SYNTHETIC in the header
               previews/        samples.png (a grid for 2D, orthogonal views for 3D), <id>.png per volume
+              masks.zarr       mask-conditioned priors: the label map each sample was drawn for, under the
+                               sample's id (``--condition PREP``; see ``steps/_mask_condition.py``)
 
 `SAMPLERS` maps a prior kind to a function drawing a batch of codes (a new kind adds one entry).
 Diffusion and flow priors run any registered sampler of their family (ddim, ddpm, dpmpp_2m; flow_euler,
@@ -58,7 +60,7 @@ from ..io.writers import write_nifti
 from ..sampling import generate, maskgit_generate
 from ..settings.prior import SamplerSettings, SampleSettings
 from ..train.precision import select_device
-from . import _diffusion
+from . import _diffusion, _mask_condition
 from ._load import load_autoencoder
 from ._priors import Latents, load_prior, open_latents, prior_lineage
 
@@ -240,6 +242,11 @@ def _subject_jobs(settings: SampleSettings, info: dict[str, Any], conds: list[La
     return jobs
 
 
+def _mask_jobs(masks: _mask_condition.SampleMasks, n: int) -> list[_Job]:
+    """One job per mask of a mask-conditioned prior, its label fractions as the condition channels."""
+    return [_Job([f"{_safe(m.item)}_s{k:02d}" for k in range(n)], [m.cond], m.subject, m.item) for m in masks.jobs]
+
+
 def _labels(settings: SampleSettings, info: dict[str, Any], count: int, offset: int,
             device: torch.device) -> Tensor | None:
     classes = info.get("classes") or []
@@ -352,7 +359,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     except ValueError:
         raise UsageError(f"the training data {store_path(lineage.data, lineage.data_store)} of {settings.prior} "
                          "is missing; the samples need its geometry and intensity mapping.") from None
-    jobs, conds = _jobs(settings, info, device)
+    masks = _mask_condition.sample_masks(settings, info, device) if info.get("masks") else None
+    jobs, conds = (_mask_jobs(masks, settings.num_samples), []) if masks is not None else _jobs(settings, info, device)
     _labels(settings, info, 1, 0, device)  # refuses a wrong --label before any work
     if kind == "diffusion" and conds:  # condition latents as the channels the prior was trained on
         codecs = _diffusion.condition_codecs(info, conds)
@@ -360,10 +368,11 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
             job.cond = _diffusion.prepare_conditions(info, codecs, job.cond)
 
     out = fs.location(out)  # a directory or a URL (s3://...)
-    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), [prior_ref, *[c.ref for c in conds]],
-                            overwrite=overwrite, resume=True)
+    refs = [prior_ref, *[c.ref for c in conds], *([masks.ref] if masks is not None else [])]
+    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), refs, overwrite=overwrite, resume=True)
     partial = writer.open()
     output = _Output.create(partial, writer.stores, info, kind, settings)
+    mask_out = masks.writer(writer.stores) if masks is not None else None
     samples = output.samples
     shape = tuple(g * f for g, f in zip(info["grid_shape"], output.factors["main"]))
     total = sum(len(j.ids) for j in jobs)
@@ -374,6 +383,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         log.info("unconditional samples take a %s", geometry[1])
     for j, job in enumerate(jobs):
         ref_id, ref = _reference(data, shape, job.subject, job.item)
+        if masks is not None:  # the geometry of the mask the samples are drawn for
+            ref = masks.geometry(job.item, ref)
         for b, start in enumerate(range(0, len(job.ids), settings.batch_size)):
             ids = job.ids[start:start + settings.batch_size]
             labels = _labels(settings, info, len(ids), offset + start, device)
@@ -390,7 +401,10 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
                 if ref.intensity.clip:
                     images = np.clip(images, *sorted((ref.intensity.out_low, ref.intensity.out_high)))
                 own = geometry if job.subject is None and job.item is None else None
-                output.write(ids, images, draws, [_sample_meta(ref_id, ref, settings, strategy, job, i, own) for i in ids])
+                metas = [_sample_meta(ref_id, ref, settings, strategy, job, i, own) for i in ids]
+                if mask_out is not None:  # before the sample, which marks the pair complete
+                    mask_out.write(job.item, ids, metas)
+                output.write(ids, images, draws, metas)
             written.extend(ids)
             done += len(ids)
             if progress is not None:
@@ -398,19 +412,26 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         offset += len(job.ids)
     if settings.previews:
         _previews(partial, samples, written)
-    summary = {
-        "prior_kind": kind, "strategy": strategy, "seed": settings.runtime.seed, "samples": len(written),
-        "shape": list(samples.array(written[0]).shape), "conditional": bool(info.get("conditions")),
-        "subjects": list(dict.fromkeys(j.subject for j in jobs if j.subject is not None)),
-        "join": info.get("join") or ("subject" if info.get("conditions") else None),
-        "condition_items": [j.item for j in jobs if j.item is not None], "autoencoder": str(lineage.autoencoder),
-        "data": str(lineage.data), "data_store": lineage.data_store,
-        "sampler": (_diffusion.sampling_options(info, settings.sampler, settings.prior) if kind == "diffusion"
-                    else settings.sampler.model_dump(mode="json")),
-    }
+    summary = {"prior_kind": kind, "strategy": strategy, "seed": settings.runtime.seed, "samples": len(written),
+               "shape": list(samples.array(written[0]).shape), **_sources(settings, info, jobs, lineage, masks)}
     writer.commit(summary)
     log.info("wrote %s (%d samples, %s)", out, len(written), strategy)
     return SampleResult(out=out, ids=written, summary=summary)
+
+
+def _sources(settings: SampleSettings, info: dict[str, Any], jobs: list[_Job], lineage,
+             masks: _mask_condition.SampleMasks | None) -> dict[str, Any]:
+    """What the samples were drawn from and how: the summary's conditions, lineage and sampler."""
+    return {
+        "conditional": bool(info.get("conditions") or masks),
+        "subjects": list(dict.fromkeys(j.subject for j in jobs if j.subject is not None)),
+        "join": info.get("join") or ("subject" if info.get("conditions") else None),
+        "condition_items": [j.item for j in jobs if j.item is not None], "autoencoder": str(lineage.autoencoder),
+        "masks": str(masks.ref.path) if masks is not None else None,
+        "data": str(lineage.data), "data_store": lineage.data_store,
+        "sampler": (_diffusion.sampling_options(info, settings.sampler, settings.prior) if info["kind"] == "diffusion"
+                    else settings.sampler.model_dump(mode="json")),
+    }
 
 
 @dataclass

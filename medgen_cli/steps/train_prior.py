@@ -9,7 +9,8 @@ Orchestration only: read the latents (and condition latents joined by item id or
             model.safetensors  final weights (best validation loss or last; EMA weights if enabled)
             model.json         kind, config (rebuilds the prior alone), latents (their summary),
                                conditions, join, classes, grid_shape, num_embeddings, spatial_dims
-                               (diffusion: also latent, diffusion, sampling, condition_latents)
+                               (diffusion: also latent, diffusion, sampling, condition_latents; masks
+                               when conditioned on label maps, see ``steps/_mask_condition.py``)
             checkpoints/  metrics.jsonl  plots/losses.png
 
 Token priors (transformer, maskgit, pixelcnn) need VQ codes; vqvae2 latents get a PixelCNN pair
@@ -232,7 +233,8 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
 
     seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     try:
-        prior, loss_fn = BUILDERS[settings.prior.kind](settings, lat, conds, len(classes) or None)
+        extra = (diffusion.mask_channels,) if diffusion is not None else ()  # label-map channels
+        prior, loss_fn = BUILDERS[settings.prior.kind](settings, lat, conds, len(classes) or None, *extra)
     except UsageError:
         raise
     except ValueError as err:  # a model constructor refused its arguments
@@ -242,7 +244,8 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     # the sampling tier of diffusion validation runs on the main rank only; built before any output is written
     check = _sample_check(settings, lat, conds, diffusion, val, device) if diffusion is not None and ctx.is_main else None
 
-    refs = [lat.ref, *[c.ref for c in conds]]
+    masks = diffusion.masks if diffusion is not None else None
+    refs = [lat.ref, *[c.ref for c in conds], *([masks.ref] if masks is not None and masks.ref else [])]
     writer = ArtefactWriter(out, "prior", settings.model_dump(mode="json"), refs, overwrite=overwrite,
                             resume=resume) if ctx.is_main else None
     partial = open_on_main(ctx, writer)
@@ -288,7 +291,8 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         last_val = finish_metrics(partial)
         result.summary = {
             "kind": settings.prior.kind, "grid_shape": lat.grid_shape, "num_embeddings": lat.num_embeddings,
-            "conditional": bool(conds), "join": join, "num_classes": len(classes) or None, "steps": state.step,
+            "conditional": bool(conds) or masks is not None, "join": join,
+            "masks": masks.info()["labels"] if masks is not None else None, "num_classes": len(classes) or None, "steps": state.step,
             "stopped_early": state.stopped_early, "selected_step": chosen_step, "best_step": state.best_step,
             "best_loss": state.best_value, "val": last_val, "minutes": round(state.elapsed / 60.0, 3),
             "device": str(device), "precision": precision.name, "world_size": ctx.world_size,

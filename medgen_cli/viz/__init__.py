@@ -2,7 +2,8 @@
 
 ``orientation``: radiological display orientation derived from the affine. ``images``: grids,
 orthogonal views, slice strips, maximum intensity projections, error maps, reconstruction grids.
-``plots``: curves from ``metrics.jsonl``, histograms, box plots. Every writer returns the path.
+``plots``: curves from ``metrics.jsonl``, histograms, box plots. ``masks``: label maps overlaid on
+images. Every writer returns the path.
 """
 
 from .images import (
@@ -15,11 +16,12 @@ from .images import (
     save_figure,
     save_grid,
 )
+from .masks import mask_overlay_grid
 from .orientation import DisplaySlice, axis_codes, display_plane, display_slice, plane_axis
 from .plots import box_plot, histograms, plot_metrics
 
 __all__ = [
     "DisplaySlice", "axis_codes", "box_plot", "display_plane", "display_slice", "error_map", "figure_size",
-    "histograms", "mip", "multi_slice_strip", "orthogonal_views", "plane_axis", "plot_metrics",
+    "histograms", "mask_overlay_grid", "mip", "multi_slice_strip", "orthogonal_views", "plane_axis", "plot_metrics",
     "reconstruction_grid", "save_figure", "save_grid",
 ]
