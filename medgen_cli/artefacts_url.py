@@ -171,7 +171,10 @@ class UrlArtefactWriter(ArtefactWriter):
         manifest = read_manifest(self.partial)
         skip = {MANIFEST, MARKER}
         stores = [n for n in fs.listdir(self.remote) if n not in skip]
-        staged = [p.name for p in self.partial.iterdir() if p.name not in skip]
+        # an object store has no empty folders: a staged folder without files (pictures/ with --max-pictures 0)
+        # is not uploaded, so it must not be listed either (a reader checks every listed name)
+        staged = [p.name for p in self.partial.iterdir()
+                  if p.name not in skip and (p.is_file() or any(q.is_file() for q in p.rglob("*")))]
         manifest = manifest.model_copy(update={"status": "complete", "files": sorted(set(stores) | set(staged)),
                                                "summary": summary or {}})
         self._clear_out()

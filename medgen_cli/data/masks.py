@@ -12,6 +12,7 @@ fractions for one mask item, refusing a label value it was not built with).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,10 +108,13 @@ def label_fractions(labels: torch.Tensor, values: Sequence[int], factor: Sequenc
     unseen = sorted(set(torch.unique(labels).tolist()) - {int(v) for v in values})
     if unseen:
         raise ValueError(f"label value(s) {unseen} are not among the labels {list(values)}")
-    onehot = torch.stack([labels == int(v) for v in values], dim=1).float()  # (B, L, *spatial)
     grid = [s // f for s, f in zip(spatial, factor)]
-    split = [n for g, f in zip(grid, factor) for n in (g, f)]  # (B, L, g0, f0, g1, f1, ...)
-    return onehot.reshape(*onehot.shape[:2], *split).mean(dim=tuple(range(3, 2 + 2 * len(grid), 2)))
+    split = [n for g, f in zip(grid, factor) for n in (g, f)]  # (B, g0, f0, g1, f1, ...)
+    within = tuple(range(2, 1 + 2 * len(grid), 2))
+    # one label at a time: a boolean map of the image's size, never a one-hot (B, L, *spatial) float array
+    per_label = [(labels == int(v)).reshape(labels.shape[0], *split).sum(dim=within, dtype=torch.float32)
+                 for v in values]
+    return torch.stack(per_label, dim=1) / math.prod(factor)
 
 
 class MaskChannels:

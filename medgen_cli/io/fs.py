@@ -55,10 +55,15 @@ def name_of(path: Path | str) -> str:
 
 def filesystem(url: str) -> tuple[Any, str]:
     """(the fsspec filesystem, the path inside it) of a URL; options from the environment (module docstring)."""
-    import fsspec
+    try:
+        import fsspec
 
-    fs, inner = fsspec.core.url_to_fs(url)
-    return fs, inner
+        return fsspec.core.url_to_fs(url)
+    except ImportError as err:  # fsspec itself, or the protocol's package (s3fs, gcsfs, ...)
+        from ..errors import UsageError
+
+        raise UsageError(f"{url} cannot be opened: {err}; install medgen's s3 extra (pip install "
+                         "'medgen-cli[s3]') or the fsspec package of that protocol.") from None
 
 
 def _fresh(url: str) -> tuple[Any, str]:
@@ -215,3 +220,8 @@ def upload_tree(local: Path, url: str, skip: Iterable[str] = ()) -> int:
         fs.put([a for a, _ in pairs], [filesystem(b)[1] for _, b in pairs])
         fs.invalidate_cache(filesystem(url)[1])
     return len(pairs)
+
+
+def store_names(artefact: Path | str) -> list[str]:
+    """The names of the zarr stores in an artefact directory or prefix (``main`` for ``main.zarr``)."""
+    return [n[:-len(".zarr")] for n in listdir(artefact) if n.endswith(".zarr")]

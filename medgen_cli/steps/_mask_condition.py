@@ -33,6 +33,7 @@ from ..artefacts import InputRef, input_ref
 from ..data.masks import MaskChannels, label_values
 from ..errors import UsageError
 from ..io import fs
+from ..safety import normal_path
 from ..io.masks import MASK_STORE, mask_store_name
 from ..io.meta import ImageMeta
 from ..io.store import DamagedStore, Store, store_path
@@ -53,14 +54,14 @@ class TrainingMasks:
     """
 
     channels: MaskChannels
-    artefact: Path
+    artefact: Path | str
     store_name: str
     ref: InputRef | None = None
 
     def info(self) -> dict[str, Any]:
         """The ``masks`` entry of ``model.json``."""
         return {"labels": self.channels.values, "channels": self.channels.channels, "factor": self.channels.factor,
-                "store": self.store_name, "path": str(self.artefact.resolve())}
+                "store": self.store_name, "path": normal_path(self.artefact)}
 
 
 def _open_masks(artefact: Path, name: str, what: str) -> Store:
@@ -167,7 +168,10 @@ def sample_masks(settings: SampleSettings, info: dict[str, Any], device: torch.d
             raise UsageError(f"the mask {item!r} of {store.path} holds label value(s) {unseen} that {settings.prior} "
                              f"never saw in training (its labels: {trained['labels']}); relabel or drop them.")
         subject = str(store.item_attrs(item).get("subject", ""))
-        jobs.append(MaskJob(item, subject, channels(item)[None].to(device)))
+        try:
+            jobs.append(MaskJob(item, subject, channels(item)[None].to(device)))
+        except ValueError as err:  # labels the item's attributes did not list
+            raise UsageError(f"the mask {item!r} of {store.path} cannot condition {settings.prior}: {err}.") from None
     return SampleMasks(store, ref, jobs)
 
 

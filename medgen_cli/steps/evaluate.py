@@ -96,7 +96,7 @@ def _open_store(artefact: str, name: str) -> Store:
     except StepFailed:  # damaged metadata: DamagedStore names the store, keep it
         raise
     except ValueError:
-        stores = [n[:-len(".zarr")] for n in fs.listdir(artefact) if n.endswith(".zarr")]
+        stores = fs.store_names(artefact)
         raise UsageError(f"{artefact} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
 
 

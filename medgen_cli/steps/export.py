@@ -122,7 +122,7 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
     except DamagedStore:
         raise
     except ValueError:
-        stores = [n[:-len(".zarr")] for n in fs.listdir(source) if n.endswith(".zarr")]
+        stores = fs.store_names(source)
         raise UsageError(f"{source} has no store named {name!r}; it has {', '.join(stores) or 'none'}") from None
     ids = _select(store, settings, f"{source} (store {name})")
     inputs = [input_ref(source, "source", kind)]

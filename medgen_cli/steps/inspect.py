@@ -92,7 +92,7 @@ def run(path: Path | str, check: bool = False) -> dict[str, Any]:
 
 def _store_names(path: Path | str) -> list[str]:
     """The names of an artefact's stores (``<name>.zarr``), sorted."""
-    return [n[:-len(".zarr")] for n in fs.listdir(path) if n.endswith(".zarr")]
+    return fs.store_names(path)
 
 
 def check_stores(path: Path | str, kind: str) -> dict[str, Any]:

@@ -388,7 +388,7 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         for b, start in enumerate(range(0, len(job.ids), settings.batch_size)):
             ids = job.ids[start:start + settings.batch_size]
             labels = _labels(settings, info, len(ids), offset + start, device)
-            if not all(samples.is_complete(i) for i in ids):  # O(1) each: resume costs what is left
+            if not all(output.done(i) for i in ids):  # O(1) each: resume costs what is left
                 key = job.item or job.subject or ""
                 generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, key, b))
                 cond = [g.expand(len(ids), *g.shape[1:]) for g in job.cond] if job.cond else None
@@ -457,6 +457,12 @@ class _Output:
                    {name: s["factor"] for name, s in info["latents"]["stores"].items()},
                    "int16" if info["latents"].get("is_vq") and kind != "diffusion" else "float32", settings.nifti,
                    f"SYNTHETIC (medgen) {kind} prior sample, seed {settings.runtime.seed}")
+
+    def done(self, item_id: str) -> bool:
+        """Whether a resumed run can skip ``item_id``: complete in the store and, when asked for, its NIfTI staged
+        (on an object store the NIfTI files are staged on this machine and the stores are remote)."""
+        return self.samples.is_complete(item_id) and (
+            not self.nifti or (self.partial / "nifti" / f"{item_id}.nii.gz").is_file())
 
     def write(self, ids: list[str], images: np.ndarray, draws: dict[str, Tensor], metas: list[ImageMeta]) -> None:
         """One batch; the NIfTI and the codes first, so a sample marked complete has all its files."""
