@@ -26,7 +26,8 @@ Diffusion priors model continuous tensors (Rombach et al. 2022, sec. 3 and 4.3.2
   with ``align_corners=False``, so voxel centres line up as in `latent_meta` (image voxel f*v..f*v+f-1).
 - `ContinuousLatentsDataset`: a `LatentsDataset` as ``{"x0", "cond", "label", ...}`` for diffusion; with
   mask channels (`medgen_cli.data.masks.MaskChannels`), each item's label fractions on the latent grid
-  (its data item's mask, found by the latent's ``source_id``) are appended to ``cond``.
+  (its data item's mask, found by the latent's ``source_id``) are appended to ``cond``; with spacing
+  channels (``condition.spacing``), the item's normalised log voxel spacing follows them.
 """
 
 from __future__ import annotations
@@ -277,16 +278,20 @@ class ContinuousLatentsDataset(Dataset):
         codec: the codec of the target latents.
         condition_codecs: one codec per condition store of ``base``.
         masks: item id of the data -> (L, *grid) mask channels (a `MaskChannels`), or None.
+        spacing: (latent item id, grid) -> (D, *grid) spacing channels (``steps/_spacing_condition.py``),
+            appended after the mask channels; or None.
     """
 
     def __init__(self, base: LatentsDataset, codec: LatentCodec, condition_codecs: Sequence[LatentCodec] = (),
-                 masks: Callable[[str], Tensor] | None = None):
+                 masks: Callable[[str], Tensor] | None = None,
+                 spacing: Callable[[str, Sequence[int]], Tensor] | None = None):
         if len(condition_codecs) != len(base.conditions):
             raise ValueError(f"{len(base.conditions)} condition stores but {len(condition_codecs)} codecs")
         self.base = base
         self.codec = codec
         self.condition_codecs = list(condition_codecs)
         self.masks = masks
+        self.spacing = spacing
 
     @property
     def samples(self):
@@ -306,5 +311,8 @@ class ContinuousLatentsDataset(Dataset):
         if self.masks is not None:
             source = str(self.base.store.item_attrs(item["id"]).get("source_id", item["id"]))
             channels = self.masks(source)
+            out["cond"] = torch.cat([out["cond"], channels]) if "cond" in out else channels
+        if self.spacing is not None:
+            channels = self.spacing(item["id"], x0.shape[1:])
             out["cond"] = torch.cat([out["cond"], channels]) if "cond" in out else channels
         return out

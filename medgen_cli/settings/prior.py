@@ -347,6 +347,12 @@ class ConditionSettings(Section):
         "latent voxel's image voxels with that label (one-hot, averaged per latent voxel), concatenated to\n"
         "the UNet input and dropped with diffusion.p_uncond like the other conditions."
     )
+    spacing: bool = Field(
+        False, description="diffusion: condition on each item's voxel spacing (mm): log(spacing) per axis, normalised by the\n"
+        "training items' mean and std (recorded in model.json), as constant UNet input channels dropped with\n"
+        "diffusion.p_uncond like the other conditions. medgen sample then takes condition.spacing (default: the\n"
+        "training median) or the spacing of its condition items."
+    )
 
     @field_validator("masks")
     @classmethod
@@ -385,6 +391,9 @@ class TrainPriorSettings(Section):
             if self.condition.paths:
                 raise ValueError("condition.masks and condition.paths exclude each other (a prior conditioned on "
                                  "masks and on other latents is not supported yet); give one of them")
+        if self.condition.spacing and self.prior.kind != "diffusion":
+            raise ValueError(f"condition.spacing needs prior.kind = 'diffusion' (the spacing becomes UNet input "
+                             f"channels), not {self.prior.kind!r}")
         if self.condition.paths and self.prior.kind == "pixelcnn":
             raise ValueError("condition.paths needs prior.kind transformer or maskgit or diffusion (pixelcnn takes labels only)")
         if self.prior.kind != "diffusion":
@@ -393,9 +402,10 @@ class TrainPriorSettings(Section):
                 raise ValueError(f"diffusion.{changed[0]} applies to prior.kind = 'diffusion' only, not "
                                  f"{self.prior.kind!r}; remove it or change the kind")
         elif self.diffusion.guidance_scale != 1.0 and not (self.condition.paths or self.condition.label
-                                                           or self.condition.masks is not False):
+                                                           or self.condition.masks is not False
+                                                           or self.condition.spacing):
             raise ValueError(f"diffusion.guidance_scale = {self.diffusion.guidance_scale} needs a conditional prior "
-                             "(condition.paths, condition.label or condition.masks)")
+                             "(condition.paths, condition.label, condition.masks or condition.spacing)")
         return self
 
 
@@ -478,6 +488,25 @@ class SampleConditionSettings(Section):
                                "(item-joined priors: for every condition item).")
     split: str | None = Field(None, description="With all_subjects: only subjects (or items) of this split (null = every split).")
     label: str | None = Field(None, description="Class label value for label-conditioned priors (null = cycle through the classes).")
+    spacing: list[float] | None = Field(
+        None, description="Spacing-conditioned priors (condition.spacing): the voxel spacing in mm, one value per axis\n"
+        "(X,Y or X,Y,Z), the samples are drawn for and written with; null = the training items' median. Samples\n"
+        "drawn for condition items (masks, condition latents) take those items' spacing instead."
+    )
+
+    @field_validator("spacing", mode="before")
+    @classmethod
+    def _spacing_list(cls, v):
+        if isinstance(v, str):  # --set condition.spacing=0.7,0.7
+            v = [p for p in v.replace("[", "").replace("]", "").split(",") if p.strip()]
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or not all(math.isfinite(x) and x > 0 for x in v)):
+            raise ValueError(f"needs positive spacings in mm, one per axis (e.g. 0.7,0.7), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _one_choice(self):

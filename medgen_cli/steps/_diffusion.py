@@ -15,7 +15,8 @@ validation (``train/diffusion_task.py``), the continuous view of stored latents 
 - ``model.json`` gains ``latent`` (channels, is_vq, scale), ``diffusion`` (``objective``, the
   scheduler config, p_uncond, min_snr_gamma) and ``sampling`` (the defaults of ``medgen sample``);
   each condition records its channels, scale and kind; a mask-conditioned prior records ``masks`` (its
-  label values, one channel each, see ``steps/_mask_condition.py``). A prior written before flow priors existed
+  label values, one channel each, see ``steps/_mask_condition.py``), a spacing-conditioned one ``spacing``
+  (the log-spacing normalisation and range, see ``steps/_spacing_condition.py``). A prior written before flow priors existed
   has no ``objective``: it is a diffusion prior and samples exactly as before.
 - Sampling: `sample_latents` builds the sampler with ``make_sampler(name, **config)`` (ddim, ddpm,
   dpmpp_2m for diffusion priors; flow_euler, flow_heun for flow priors; a sampler of the other family
@@ -44,6 +45,7 @@ from ..settings.prior import DETERMINISTIC_SAMPLERS, SamplerSettings, TrainPrior
 from ..train.diffusion_task import DiffusionLoss, SampleCheck
 from ._load import load_autoencoder
 from ._mask_condition import TrainingMasks, training_masks
+from ._spacing_condition import TrainingSpacing, training_spacing
 from ._priors import Latents, build_prior, latent_codec, latents_lineage
 
 log = logging.getLogger(__name__)
@@ -59,20 +61,24 @@ class DiffusionData:
         condition_codecs: one per condition artefact.
         autoencoder: the autoencoder behind the target latents (loaded for VQ codebooks), or None.
         masks: the label maps of a mask-conditioned prior (``condition.masks``), or None.
+        spacing: the spacings of a spacing-conditioned prior (``condition.spacing``), or None.
     """
 
     codec: LatentCodec
     condition_codecs: list[LatentCodec]
     autoencoder: nn.Module | None = None
     masks: TrainingMasks | None = None
+    spacing: TrainingSpacing | None = None
 
     def wrap(self, dataset) -> ContinuousLatentsDataset:
         masks = self.masks.channels if self.masks is not None else None
-        return ContinuousLatentsDataset(dataset, self.codec, self.condition_codecs, masks)
+        return ContinuousLatentsDataset(dataset, self.codec, self.condition_codecs, masks, self.spacing)
 
     @property
-    def mask_channels(self) -> int:
-        return self.masks.channels.channels if self.masks is not None else 0
+    def extra_channels(self) -> int:
+        """Condition channels after those of the condition latents: label maps, then spacing."""
+        masks = self.masks.channels.channels if self.masks is not None else 0
+        return masks + (self.spacing.channels.channels if self.spacing is not None else 0)
 
 
 def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) -> DiffusionData:
@@ -94,7 +100,8 @@ def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) ->
         ae, _ = load_autoencoder(latents_lineage(lat.path).autoencoder)
     split = settings.data.train_split
     codec = latent_codec(lat, split=split, autoencoder=ae)
-    return DiffusionData(codec, [latent_codec(c, split=split) for c in conds], ae, training_masks(settings, lat))
+    return DiffusionData(codec, [latent_codec(c, split=split) for c in conds], ae, training_masks(settings, lat),
+                         training_spacing(settings, lat))
 
 
 def _cond_channels(conds: list[Latents]) -> int:
@@ -102,15 +109,15 @@ def _cond_channels(conds: list[Latents]) -> int:
 
 
 def build(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None,
-          mask_channels: int = 0) -> tuple[nn.Module, DiffusionLoss]:
+          extra_channels: int = 0) -> tuple[nn.Module, DiffusionLoss]:
     """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject; label maps
-    add ``mask_channels`` condition channels after those of the condition latents)."""
+    and spacing add ``extra_channels`` condition channels after those of the condition latents)."""
     d = settings.diffusion
     unet = build_prior("diffusion", dict(
         spatial_dims=len(lat.grid_shape), in_channels=int(lat.summary["latent_channels"]), base_channels=d.base_channels,
         channel_mults=list(d.channel_mults), num_res_blocks=d.num_res_blocks, attention_levels=list(d.attention_levels),
         mid_attention=d.mid_attention, num_heads=d.num_heads, dropout=d.dropout, num_groups=d.num_groups,
-        cond_channels=_cond_channels(conds) + mask_channels, num_classes=num_classes))
+        cond_channels=_cond_channels(conds) + extra_channels, num_classes=num_classes))
     return unet, DiffusionLoss(training_scheduler(settings, lat.grid_shape), d.p_uncond, d.min_snr_gamma)
 
 
@@ -178,6 +185,7 @@ def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, 
                                "scale": codec.scale, "resized": list(c.grid_shape) != list(lat.grid_shape)}
                               for c, codec in zip(conds, data.condition_codecs)],
         **({"masks": data.masks.info()} if data.masks is not None else {}),
+        **({"spacing": data.spacing.info()} if data.spacing is not None else {}),
     }
 
 
@@ -205,11 +213,11 @@ def sampling_options(info: dict[str, Any], s: SamplerSettings, prior: str) -> di
     T = info["diffusion"]["scheduler"].get("num_train_timesteps")
     if kind == "diffusion" and options["steps"] > T:
         raise UsageError(f"--steps {options['steps']} exceeds the {T} diffusion steps {prior} was trained with.")
-    conditional = bool(info.get("conditions") or info.get("classes") or info.get("masks"))
+    conditional = bool(info.get("conditions") or info.get("classes") or info.get("masks") or info.get("spacing"))
     if options["guidance_scale"] != 1.0:
         if not conditional:
             raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} is unconditional; "
-                             "guidance needs a prior conditioned on latents, labels or masks.")
+                             "guidance needs a prior conditioned on latents, labels, masks or spacing.")
         if not info["diffusion"]["p_uncond"]:
             raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} was trained with "
                              "diffusion.p_uncond = 0, so it has no unconditional model to guide against.")

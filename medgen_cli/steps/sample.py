@@ -12,7 +12,9 @@ and the training data through the latents' ``data`` input. Writes::
                                ones a representative geometry (`representative_geometry`: the training
                                items' spacing and direction, centred on (0, 0, 0) mm; attrs geometry,
                                geometry_note); attrs synthetic, seed, strategy, condition_subject
-                               (and condition_item when joined by item)
+                               (and condition_item when joined by item); spacing-conditioned priors:
+                               condition_spacing, the spacing drawn for, which the geometry carries
+                               (see ``steps/_spacing_condition.py``)
               codes.zarr       the sampled code grids (int16; codes_top.zarr: vqvae2 top grids); diffusion
                                priors: float32 latents (KL: times latent_scale, as encode-latents stores
                                them; VQ: the continuous latents before they are snapped to the codebook)
@@ -60,7 +62,7 @@ from ..io.writers import write_nifti
 from ..sampling import generate, maskgit_generate
 from ..settings.prior import SamplerSettings, SampleSettings
 from ..train.precision import select_device
-from . import _diffusion, _mask_condition
+from . import _diffusion, _mask_condition, _spacing_condition
 from ._load import load_autoencoder
 from ._priors import Latents, load_prior, open_latents, prior_lineage
 
@@ -276,17 +278,22 @@ def _reference(data: Store, shape: tuple[int, ...], subject: str | None, item: s
     return item_id, data.meta(item_id)
 
 
-def representative_geometry(data: Store, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+def representative_geometry(data: Store, shape: tuple[int, ...],
+                            spacing_mm: list[float] | None = None) -> tuple[np.ndarray, str]:
     """The affine of an unconditional sample, which belongs to no patient and has no real position.
 
     Voxel axes: the median spacing and the most frequent direction (rounded to 1e-3) of the training
-    items of the sampled shape (of all training items when none has it); origin: chosen so the centre of
-    the image lies at (0, 0, 0) mm. Returns the affine and a sentence saying so, recorded with each sample.
+    items of the sampled shape (of all training items when none has it); ``spacing_mm`` (a
+    spacing-conditioned prior's, one value per sampled axis) replaces the median along those axes; origin:
+    chosen so the centre of the image lies at (0, 0, 0) mm. Returns the affine and a sentence saying so,
+    recorded with each sample.
     """
     train = data.ids("train") or data.ids()
     ids = [i for i in train if tuple(data.array(i).shape) == shape] or train
     metas = [data.meta(i) for i in ids]
     spacing = np.median(np.array([m.spacing for m in metas]), axis=0)
+    if spacing_mm is not None:
+        spacing[:len(spacing_mm)] = spacing_mm
     keys = [tuple(np.round(m.direction, 3).ravel()) for m in metas]
     common = Counter(keys).most_common(1)[0][0]  # ties: the first seen
     affine = np.eye(4)
@@ -294,7 +301,8 @@ def representative_geometry(data: Store, shape: tuple[int, ...]) -> tuple[np.nda
     centre = np.zeros(3)
     centre[:len(shape)] = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
     affine[:3, 3] = -affine[:3, :3] @ centre
-    note = (f"representative geometry, not a patient position: median spacing {[round(float(v), 4) for v in spacing]} mm "
+    what = "spacing" if spacing_mm is not None else "median spacing"
+    note = (f"representative geometry, not a patient position: {what} {[round(float(v), 4) for v in spacing]} mm "
             f"and the most common direction of {len(ids)} training item(s), centred on (0, 0, 0) mm")
     return affine, note
 
@@ -362,6 +370,7 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     masks = _mask_condition.sample_masks(settings, info, device) if info.get("masks") else None
     jobs, conds = (_mask_jobs(masks, settings.num_samples), []) if masks is not None else _jobs(settings, info, device)
     _labels(settings, info, 1, 0, device)  # refuses a wrong --label before any work
+    spacing = _spacing_condition.sample_spacing(settings, info, masks is not None or bool(conds))
     if kind == "diffusion" and conds:  # condition latents as the channels the prior was trained on
         codecs = _diffusion.condition_codecs(info, conds)
         for job in jobs:
@@ -379,19 +388,21 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     done, written, offset = 0, [], 0
     geometry = None
     if any(j.subject is None and j.item is None for j in jobs):
-        geometry = representative_geometry(data, shape)
+        geometry = representative_geometry(data, shape, spacing.requested if spacing is not None else None)
         log.info("unconditional samples take a %s", geometry[1])
     for j, job in enumerate(jobs):
         ref_id, ref = _reference(data, shape, job.subject, job.item)
         if masks is not None:  # the geometry of the mask the samples are drawn for
             ref = masks.geometry(job.item, ref)
+        unconditional = job.subject is None and job.item is None
+        job_cond, spaced = (job.cond, {}) if spacing is None else spacing.for_job(job.cond, not unconditional, ref, device)
         for b, start in enumerate(range(0, len(job.ids), settings.batch_size)):
             ids = job.ids[start:start + settings.batch_size]
             labels = _labels(settings, info, len(ids), offset + start, device)
             if not all(output.done(i) for i in ids):  # O(1) each: resume costs what is left
                 key = job.item or job.subject or ""
                 generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, key, b))
-                cond = [g.expand(len(ids), *g.shape[1:]) for g in job.cond] if job.cond else None
+                cond = [g.expand(len(ids), *g.shape[1:]) for g in job_cond] if job_cond else None
                 with torch.no_grad():
                     draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)
                 try:
@@ -400,8 +411,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
                     raise UsageError(f"samples {ids[0]}.. cannot be decoded with {lineage.autoencoder}: {err}") from None
                 if ref.intensity.clip:
                     images = np.clip(images, *sorted((ref.intensity.out_low, ref.intensity.out_high)))
-                own = geometry if job.subject is None and job.item is None else None
-                metas = [_sample_meta(ref_id, ref, settings, strategy, job, i, own) for i in ids]
+                own = geometry if unconditional else None
+                metas = [_sample_meta(ref_id, ref, settings, strategy, job, i, own).replace(attrs=spaced) for i in ids]
                 if mask_out is not None:  # before the sample, which marks the pair complete
                     mask_out.write(job.item, ids, metas)
                 output.write(ids, images, draws, metas)
@@ -413,7 +424,8 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     if settings.previews:
         _previews(partial, samples, written)
     summary = {"prior_kind": kind, "strategy": strategy, "seed": settings.runtime.seed, "samples": len(written),
-               "shape": list(samples.array(written[0]).shape), **_sources(settings, info, jobs, lineage, masks)}
+               "shape": list(samples.array(written[0]).shape), **_sources(settings, info, jobs, lineage, masks),
+               "spacing": spacing.used if spacing is not None else None}
     writer.commit(summary)
     log.info("wrote %s (%d samples, %s)", out, len(written), strategy)
     return SampleResult(out=out, ids=written, summary=summary)
@@ -423,7 +435,7 @@ def _sources(settings: SampleSettings, info: dict[str, Any], jobs: list[_Job], l
              masks: _mask_condition.SampleMasks | None) -> dict[str, Any]:
     """What the samples were drawn from and how: the summary's conditions, lineage and sampler."""
     return {
-        "conditional": bool(info.get("conditions") or masks),
+        "conditional": bool(info.get("conditions") or masks or info.get("spacing")),
         "subjects": list(dict.fromkeys(j.subject for j in jobs if j.subject is not None)),
         "join": info.get("join") or ("subject" if info.get("conditions") else None),
         "condition_items": [j.item for j in jobs if j.item is not None], "autoencoder": str(lineage.autoencoder),

@@ -10,7 +10,8 @@ Orchestration only: read the latents (and condition latents joined by item id or
             model.json         kind, config (rebuilds the prior alone), latents (their summary),
                                conditions, join, classes, grid_shape, num_embeddings, spatial_dims
                                (diffusion: also latent, diffusion, sampling, condition_latents; masks
-                               when conditioned on label maps, see ``steps/_mask_condition.py``)
+                               when conditioned on label maps, see ``steps/_mask_condition.py``;
+                               spacing when conditioned on it, see ``steps/_spacing_condition.py``)
             checkpoints/  metrics.jsonl  plots/losses.png
 
 Token priors (transformer, maskgit, pixelcnn) need VQ codes; vqvae2 latents get a PixelCNN pair
@@ -233,7 +234,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
 
     seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     try:
-        extra = (diffusion.mask_channels,) if diffusion is not None else ()  # label-map channels
+        extra = (diffusion.extra_channels,) if diffusion is not None else ()  # label-map and spacing channels
         prior, loss_fn = BUILDERS[settings.prior.kind](settings, lat, conds, len(classes) or None, *extra)
     except UsageError:
         raise
@@ -291,7 +292,8 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         last_val = finish_metrics(partial)
         result.summary = {
             "kind": settings.prior.kind, "grid_shape": lat.grid_shape, "num_embeddings": lat.num_embeddings,
-            "conditional": bool(conds) or masks is not None, "join": join,
+            "conditional": bool(conds) or masks is not None or diffusion is not None and diffusion.spacing is not None,
+            "join": join, "spacing": bool(diffusion is not None and diffusion.spacing is not None),
             "masks": masks.info()["labels"] if masks is not None else None, "num_classes": len(classes) or None, "steps": state.step,
             "stopped_early": state.stopped_early, "selected_step": chosen_step, "best_step": state.best_step,
             "best_loss": state.best_value, "val": last_val, "minutes": round(state.elapsed / 60.0, 3),
