@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ..artefacts import read_manifest
 from ..errors import UsageError
 from ..io import fs
 from ..io.masks import MASK_STORE, mask_store_name
 from ..io.store import Store, store_path
+from ..safety import normal_path
 from ..viz.masks import mask_overlay_grid
 from . import evaluate_pictures as ep
 
@@ -116,8 +118,13 @@ def per_label(settings, s_store: Store, s_ids: list[str], partial: Path, result)
         result.rows += [(f"{SECTION} ({unit})", f"label {label} real", _text(row["real"])),
                         (f"{SECTION} ({unit})", f"label {label} generated", _text(row["generated"])),
                         (f"{SECTION} ({unit})", f"label {label} mean difference", "n/a" if diff is None else f"{diff:+.4g}")]
+    drawn_for = read_manifest(settings.samples).summary.get("masks")  # the artefact whose masks the samples used
+    paired = drawn_for is not None and normal_path(drawn_for) == normal_path(settings.data)
+    if not paired:
+        log.info("mask overlay without real images: the samples were drawn for the masks of %s, not of %s",
+                 drawn_for, settings.data)
     _picture(partial / "pictures" / "mask_overlay.png", (s_store, s_masks), (d_store, d_masks),
-             ep.pick(s_ids, settings.max_pictures), [int(k) for k in table])
+             ep.pick(s_ids, settings.max_pictures), [int(k) for k in table], paired)
 
 
 def _csv(path: Path, table: dict[str, dict[str, Any]]) -> None:
@@ -134,16 +141,17 @@ def _csv(path: Path, table: dict[str, dict[str, Any]]) -> None:
 
 
 def _picture(path: Path, samples: tuple[Store, Store], data: tuple[Store, Store], shown: list[str],
-             labels: list[int]) -> None:
+             labels: list[int], paired: bool) -> None:
     """Samples with their masks (left) beside the real item of each sample's mask with its own (right;
-    empty when the data do not hold that item)."""
+    empty when the data do not hold that item, or are not the artefact whose masks the samples used:
+    ``paired`` False, where an item of the same id would be another image)."""
     (s_store, s_masks), (d_store, d_masks) = samples, data
     rows = []
     for sample_id in shown:
         arr, meta = s_store.read_item(sample_id)
         row = [(arr, s_masks.read(sample_id, dtype=None), meta), None]
         source = str(s_store.item_attrs(sample_id).get("condition_item", ""))
-        if source in d_store and source in d_masks:
+        if paired and source in d_store and source in d_masks:
             real, real_meta = d_store.read_item(source)
             row[1] = (real, d_masks.read(source, dtype=None), real_meta)
         rows.append(row)
