@@ -53,12 +53,12 @@ def phantom(seed: int, shape=SHAPE, extra_label: int | None = None) -> tuple[np.
     return image + rng.normal(0, 10, shape).astype(np.float32), labels
 
 
-def write_subjects(folder: Path, n: int, shape=SHAPE, extra_label: int | None = None) -> Path:
+def write_subjects(folder: Path, n: int, shape=SHAPE, extra_label: int | None = None, affine=AFFINE) -> Path:
     folder.mkdir(parents=True)
     for s in range(n):
         image, labels = phantom(s, shape, extra_label)
-        write_nifti(folder / f"ph{s:02d}_image.nii.gz", image, AFFINE)
-        write_nifti(folder / f"ph{s:02d}_label.nii.gz", labels, AFFINE)
+        write_nifti(folder / f"ph{s:02d}_image.nii.gz", image, affine)
+        write_nifti(folder / f"ph{s:02d}_label.nii.gz", labels, affine)
     return folder
 
 
@@ -342,3 +342,21 @@ def test_guidance_drops_the_mask_channels():
         uncond, plain, none = draw(0.0), draw(1.0), draw(1.0, None)
     torch.testing.assert_close(uncond, none, atol=1e-5, rtol=1e-5)
     assert (plain - uncond).abs().max() > 1e-3  # the masks change what is drawn
+
+
+def test_samples_take_the_geometry_of_masks_from_another_artefact(masked):
+    """Masks of other people, with another origin and spacing: each sample carries its own mask's geometry (not
+    a training item's that happens to share its id)."""
+    moved = np.array([[-1.5, 0, 0, -40.0], [0, 1.5, 0, 55.0], [0, 0, 3.0, -12.0], [0, 0, 0, 1]])
+    other = prep(write_subjects(masked.root / "raw_other", 4, affine=moved), masked.root / "prep_other")
+    out = masked.root / "samples_other"
+    res = cli("sample", "--prior", masked.prior, "--condition", other, "--set", "condition.split=test",
+              "-n", "1", "--steps", "2", "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    other_masks, train_masks = Store.open(store_path(other, "masks")), Store.open(store_path(masked.prep, "masks"))
+    samples = Store.open(store_path(out, "samples"))
+    assert samples.ids()
+    for sid in samples.ids():
+        item = samples.item_attrs(sid)["condition_item"]
+        np.testing.assert_allclose(samples.meta(sid).affine, other_masks.meta(item).affine)
+        assert not np.allclose(samples.meta(sid).affine, train_masks.meta(train_masks.ids()[0]).affine)
