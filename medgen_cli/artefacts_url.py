@@ -135,8 +135,8 @@ class UrlArtefactWriter(ArtefactWriter):
                 self._reuse_or_discard()
             if not self.resumed:
                 self._create_partial()
-            elif not (self.partial / MARKER).is_file():  # resumed on another machine, or the staging was cleared
-                self._fresh_staging()
+            elif not (self.partial / MARKER).is_file() or not self._staging_matches():
+                self._fresh_staging()  # resumed on another machine, the staging was cleared, or it is another run's
             fs.write_text(self.partial / SETTINGS_FILE, _settings_yaml(self.settings))
         except BaseException:
             self.close()
@@ -151,6 +151,15 @@ class UrlArtefactWriter(ArtefactWriter):
             self.resumed = True
         else:
             fs.remove_tree(self.remote)
+
+    def _staging_matches(self) -> bool:
+        """Whether the local staging belongs to the run in the remote partial (the same running manifest, which
+        holds the run's start time): a staging left by a run that another machine discarded and restarted is not
+        resumed from (its checkpoints and settings are that older run's)."""
+        try:
+            return (self.partial / MANIFEST).read_text() == fs.read_text(fs.join(self.remote, MANIFEST))
+        except OSError:
+            return False
 
     def _fresh_staging(self) -> None:
         shutil.rmtree(self.partial, ignore_errors=True)  # medgen's own directory in its cache
