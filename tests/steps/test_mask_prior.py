@@ -222,6 +222,23 @@ def test_label_stats_pool_items():
     assert table["0"]["mean_difference"] == 0
 
 
+def test_label_stats_stream_with_bounded_memory():
+    """Beyond the cap, mean and std stay exact and the percentiles come from a uniform sample of the values."""
+    rng = np.random.default_rng(3)
+    pairs = [(rng.normal(100 * k, 50, (40, 50)), rng.integers(0, 2, (40, 50))) for k in range(6)]
+    exact = evaluate_masks.label_stats(pairs)
+    capped = evaluate_masks.label_stats(pairs, cap=2000)
+    for label in (0, 1):
+        x = np.concatenate([v[m == label] for v, m in pairs])
+        assert exact[label]["percentiles_from"] == x.size and capped[label]["percentiles_from"] == 2000
+        np.testing.assert_allclose([capped[label][k] for k in ("mean", "std")], [x.mean(), x.std()], rtol=1e-9)
+        np.testing.assert_allclose([exact[label][f"p{q}"] for q in (5, 50, 95)], np.percentile(x, [5, 50, 95]))
+        # a uniform sample of 2,000 of ~6,000 values: every item contributes, percentiles within a few HU
+        np.testing.assert_allclose([capped[label][f"p{q}"] for q in (5, 50, 95)], np.percentile(x, [5, 50, 95]),
+                                   atol=15)
+    assert evaluate_masks.label_stats(pairs, cap=2000) == capped  # seeded: reruns agree
+
+
 def test_flow_priors_take_masks_too(masked):
     """The rectified-flow objective trains and samples on the same mask channels."""
     unet = [o for o in TINY_UNET if not o.startswith("diffusion.num_train_timesteps")]
