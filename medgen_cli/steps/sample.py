@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..artefacts import ArtefactWriter, input_ref
+from ..artefacts import ArtefactWriter, InputRef, input_ref
 from ..data.latents import condition_items, condition_subjects, latent_meta, read_latent, subject_conditions
 from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
@@ -330,16 +330,29 @@ def _seed(seed: int, condition: str, batch: int) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(condition.encode()), batch]).generate_state(1)[0])
 
 
-def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
-        progress: Callable[[int, int, str], None] | None = None) -> SampleResult:
-    """Draw ``settings.num_samples`` samples (per subject, or per condition item) from ``settings.prior`` into ``out``.
+@dataclass
+class _Plan:
+    """What one ``sample`` run draws with and for: the prior, its autoencoder and data, the jobs."""
 
-    Args:
-        settings: resolved settings.
-        out: output directory.
-        overwrite: replace an existing ``out``.
-        progress: ``progress(done, total, text)`` after every batch.
-    """
+    device: torch.device
+    model: nn.Module
+    info: dict[str, Any]
+    strategy: str
+    lineage: Any
+    ae: AutoencoderTiler
+    data: Store
+    masks: _mask_condition.SampleMasks | None
+    jobs: list[_Job]
+    refs: list[InputRef]
+    spacing: Any
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+
+def _plan(settings: SampleSettings) -> _Plan:
+    """Load the prior, its autoencoder and training data and build the jobs; every refusal comes before output."""
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
     try:
@@ -350,10 +363,9 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
         raise UsageError("no prior given; pass --prior DIR (a train-prior artefact) or set prior.")
     prior_ref = input_ref(settings.prior, "prior", "prior")
     model, info = load_prior(settings.prior, device)
-    kind = info["kind"]
-    if kind not in SAMPLERS:
-        raise UsageError(f"{settings.prior} holds a {kind} prior, which this medgen cannot sample; upgrade medgen.")
-    strategy = _strategy(kind, settings.sampler, settings.prior, info)
+    if info["kind"] not in SAMPLERS:
+        raise UsageError(f"{settings.prior} holds a {info['kind']} prior, which this medgen cannot sample; upgrade medgen.")
+    strategy = _strategy(info["kind"], settings.sampler, settings.prior, info)
     lineage = prior_lineage(settings.prior)
     model_ae, _ = load_autoencoder(lineage.autoencoder, device)
     try:
@@ -371,27 +383,56 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
     jobs, conds = (_mask_jobs(masks, settings.num_samples), []) if masks is not None else _jobs(settings, info, device)
     _labels(settings, info, 1, 0, device)  # refuses a wrong --label before any work
     spacing = _spacing_condition.sample_spacing(settings, info, masks is not None or bool(conds))
-    if kind == "diffusion" and conds:  # condition latents as the channels the prior was trained on
+    if info["kind"] == "diffusion" and conds:  # condition latents as the channels the prior was trained on
         codecs = _diffusion.condition_codecs(info, conds)
         for job in jobs:
             job.cond = _diffusion.prepare_conditions(info, codecs, job.cond)
-
-    out = fs.location(out)  # a directory or a URL (s3://...)
     refs = [prior_ref, *[c.ref for c in conds], *([masks.ref] if masks is not None else [])]
-    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), refs, overwrite=overwrite, resume=True)
+    return _Plan(device, model, info, strategy, lineage, ae, data, masks, jobs, refs, spacing)
+
+
+def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
+        progress: Callable[[int, int, str], None] | None = None) -> SampleResult:
+    """Draw ``settings.num_samples`` samples (per subject, or per condition item) from ``settings.prior`` into ``out``.
+
+    Args:
+        settings: resolved settings.
+        out: output directory.
+        overwrite: replace an existing ``out``.
+        progress: ``progress(done, total, text)`` after every batch.
+    """
+    plan = _plan(settings)
+    out = fs.location(out)  # a directory or a URL (s3://...)
+    writer = ArtefactWriter(out, "samples", settings.model_dump(mode="json"), plan.refs, overwrite=overwrite,
+                            resume=True)
     partial = writer.open()
-    output = _Output.create(partial, writer.stores, info, kind, settings)
-    mask_out = masks.writer(writer.stores) if masks is not None else None
-    samples = output.samples
+    output = _Output.create(partial, writer.stores, plan.info, plan.kind, settings)
+    written = _draw(settings, plan, output, progress)
+    if settings.previews:
+        _previews(partial, output.samples, written)
+    summary = {"prior_kind": plan.kind, "strategy": plan.strategy, "seed": settings.runtime.seed,
+               "samples": len(written), "shape": list(output.samples.array(written[0]).shape),
+               **_sources(settings, plan.info, plan.jobs, plan.lineage, plan.masks),
+               "spacing": plan.spacing.used if plan.spacing is not None else None}
+    writer.commit(summary)
+    log.info("wrote %s (%d samples, %s)", out, len(written), plan.strategy)
+    return SampleResult(out=out, ids=written, summary=summary)
+
+
+def _draw(settings: SampleSettings, plan: _Plan, output: "_Output",
+          progress: Callable[[int, int, str], None] | None) -> list[str]:
+    """Every job's samples, batch by batch, skipping those a resumed run already wrote; returns their ids."""
+    info, spacing, masks, device = plan.info, plan.spacing, plan.masks, plan.device
+    mask_out = masks.writer(output.stores) if masks is not None else None
     shape = tuple(g * f for g, f in zip(info["grid_shape"], output.factors["main"]))
-    total = sum(len(j.ids) for j in jobs)
-    done, written, offset = 0, [], 0
+    total = sum(len(j.ids) for j in plan.jobs)
+    written, offset = [], 0
     geometry = None
-    if any(j.subject is None and j.item is None for j in jobs):
-        geometry = representative_geometry(data, shape, spacing.requested if spacing is not None else None)
+    if any(j.subject is None and j.item is None for j in plan.jobs):
+        geometry = representative_geometry(plan.data, shape, spacing.requested if spacing is not None else None)
         log.info("unconditional samples take a %s", geometry[1])
-    for j, job in enumerate(jobs):
-        ref_id, ref = _reference(data, shape, job.subject, job.item)
+    for job in plan.jobs:
+        ref_id, ref = _reference(plan.data, shape, job.subject, job.item)
         if masks is not None:  # the geometry of the mask the samples are drawn for
             ref = masks.geometry(job.item, ref)
         unconditional = job.subject is None and job.item is None
@@ -404,31 +445,30 @@ def run(settings: SampleSettings, out: Path | str, *, overwrite: bool = False,
                 generator = torch.Generator(device=device).manual_seed(_seed(settings.runtime.seed, key, b))
                 cond = [g.expand(len(ids), *g.shape[1:]) for g in job_cond] if job_cond else None
                 with torch.no_grad():
-                    draws = SAMPLERS[kind](model, info, len(ids), cond, labels, settings.sampler, generator)
-                try:
-                    images = _decode(ae, info["latents"], draws)
-                except ValueError as err:  # e.g. a tiling.max_gib too small for any tile
-                    raise UsageError(f"samples {ids[0]}.. cannot be decoded with {lineage.autoencoder}: {err}") from None
-                if ref.intensity.clip:
-                    images = np.clip(images, *sorted((ref.intensity.out_low, ref.intensity.out_high)))
+                    draws = SAMPLERS[plan.kind](plan.model, info, len(ids), cond, labels, settings.sampler, generator)
+                images = _images(plan, draws, ids, ref)
                 own = geometry if unconditional else None
-                metas = [_sample_meta(ref_id, ref, settings, strategy, job, i, own).replace(attrs=spaced) for i in ids]
+                metas = [_sample_meta(ref_id, ref, settings, plan.strategy, job, i, own).replace(attrs=spaced)
+                         for i in ids]
                 if mask_out is not None:  # before the sample, which marks the pair complete
                     mask_out.write(job.item, ids, metas)
                 output.write(ids, images, draws, metas)
             written.extend(ids)
-            done += len(ids)
             if progress is not None:
-                progress(done, total, ids[-1])
+                progress(len(written), total, ids[-1])
         offset += len(job.ids)
-    if settings.previews:
-        _previews(partial, samples, written)
-    summary = {"prior_kind": kind, "strategy": strategy, "seed": settings.runtime.seed, "samples": len(written),
-               "shape": list(samples.array(written[0]).shape), **_sources(settings, info, jobs, lineage, masks),
-               "spacing": spacing.used if spacing is not None else None}
-    writer.commit(summary)
-    log.info("wrote %s (%d samples, %s)", out, len(written), strategy)
-    return SampleResult(out=out, ids=written, summary=summary)
+    return written
+
+
+def _images(plan: _Plan, draws: dict[str, Tensor], ids: list[str], ref: ImageMeta) -> np.ndarray:
+    """Decoded draws in stored units, clipped to the stored range when the training data were."""
+    try:
+        images = _decode(plan.ae, plan.info["latents"], draws)
+    except ValueError as err:  # e.g. a tiling.max_gib too small for any tile
+        raise UsageError(f"samples {ids[0]}.. cannot be decoded with {plan.lineage.autoencoder}: {err}") from None
+    if ref.intensity.clip:
+        images = np.clip(images, *sorted((ref.intensity.out_low, ref.intensity.out_high)))
+    return images
 
 
 def _sources(settings: SampleSettings, info: dict[str, Any], jobs: list[_Job], lineage,
@@ -451,6 +491,7 @@ class _Output:
     """The stores and files of the samples artefact being written."""
 
     partial: Path
+    stores: Path | str
     samples: Store
     codes: dict[str, Store]
     factors: dict[str, list[int]]
@@ -465,7 +506,7 @@ class _Output:
         codes = {"main": Store.create(store_path(stores, "codes"), name="codes")}
         if "top" in info.get("levels", []):
             codes["top"] = Store.create(store_path(stores, "codes_top"), name="codes_top")
-        return cls(partial, Store.create(store_path(stores, "samples"), name="samples", synthetic=True), codes,
+        return cls(partial, stores, Store.create(store_path(stores, "samples"), name="samples", synthetic=True), codes,
                    {name: s["factor"] for name, s in info["latents"]["stores"].items()},
                    "int16" if info["latents"].get("is_vq") and kind != "diffusion" else "float32", settings.nifti,
                    f"SYNTHETIC (medgen) {kind} prior sample, seed {settings.runtime.seed}")
