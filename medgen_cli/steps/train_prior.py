@@ -251,26 +251,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
                             resume=resume) if ctx.is_main else None
     partial = open_on_main(ctx, writer)
 
-    try:
-        loader = make_loader(train, d.batch_size, shuffle=True, seed=settings.runtime.seed, rank=ctx.rank,
-                             world_size=ctx.world_size, num_workers=d.num_workers, drop_last=True,
-                             pin_memory=device.type == "cuda")
-    except ValueError as err:
-        raise UsageError(f"data.batch_size = {d.batch_size}: {err}") from None
-
-    def loader_fn(epoch: int, start_batch: int):
-        set_epoch(loader, epoch, start_batch)
-        return loader
-
-    def val_batches():
-        return DataLoader(val, batch_size=d.batch_size, shuffle=False)
-
-    common = dict(val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
-    if diffusion is None:
-        task = PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, **common)
-    else:
-        task = DiffusionTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, sample_check=check,
-                             val_every=settings.train.val_every, total_steps=settings.train.steps, **common)
+    task = _make_task(settings, objective, train, val, check if diffusion is not None else False, device, ctx)
     seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
     trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
     resumed = trainer.resume() if resume else False
@@ -290,20 +271,53 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
             result.info.update(_diffusion.model_info(settings, diffusion, lat, conds))
         write_model(partial, final.state_dict(), result.info)
         last_val = finish_metrics(partial)
-        result.summary = {
-            "kind": settings.prior.kind, "grid_shape": lat.grid_shape, "num_embeddings": lat.num_embeddings,
-            "conditional": bool(conds) or masks is not None or diffusion is not None and diffusion.spacing is not None,
-            "join": join, "spacing": bool(diffusion is not None and diffusion.spacing is not None),
-            "masks": masks.info()["labels"] if masks is not None else None, "num_classes": len(classes) or None, "steps": state.step,
-            "stopped_early": state.stopped_early, "selected_step": chosen_step, "best_step": state.best_step,
-            "best_loss": state.best_value, "val": last_val, "minutes": round(state.elapsed / 60.0, 3),
-            "device": str(device), "precision": precision.name, "world_size": ctx.world_size,
-            "parameters": sum(p.numel() for p in final.parameters()),
-        }
+        result.summary = _summary(settings, lat, conds, classes, diffusion, join, state, chosen_step, final) | {
+            "val": last_val, "device": str(device), "precision": precision.name, "world_size": ctx.world_size}
         writer.commit(result.summary)
         log.info("wrote %s", out)
     dist_utils.barrier()
     return result
+
+
+def _make_task(settings: TrainPriorSettings, objective: nn.Module, train, val, check, device: torch.device,
+               ctx) -> PriorTask | DiffusionTask:
+    """The training task over ``train`` (validation on ``val``); ``check`` is the diffusion sampling check (None
+    off the main rank), or False for token priors."""
+    d = settings.data
+    try:
+        loader = make_loader(train, d.batch_size, shuffle=True, seed=settings.runtime.seed, rank=ctx.rank,
+                             world_size=ctx.world_size, num_workers=d.num_workers, drop_last=True,
+                             pin_memory=device.type == "cuda")
+    except ValueError as err:
+        raise UsageError(f"data.batch_size = {d.batch_size}: {err}") from None
+
+    def loader_fn(epoch: int, start_batch: int):
+        set_epoch(loader, epoch, start_batch)
+        return loader
+
+    def val_batches():
+        return DataLoader(val, batch_size=d.batch_size, shuffle=False)
+
+    common = dict(val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
+    if check is False:
+        return PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, **common)
+    return DiffusionTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, sample_check=check,
+                         val_every=settings.train.val_every, total_steps=settings.train.steps, **common)
+
+
+def _summary(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], classes: list[str], diffusion,
+             join, state, chosen_step: int, final: nn.Module) -> dict[str, Any]:
+    """The manifest summary of a trained prior (without the runtime facts the caller adds)."""
+    masks = diffusion.masks if diffusion is not None else None
+    spacing = diffusion is not None and diffusion.spacing is not None
+    return {
+        "kind": settings.prior.kind, "grid_shape": lat.grid_shape, "num_embeddings": lat.num_embeddings,
+        "conditional": bool(conds) or masks is not None or spacing, "join": join, "spacing": spacing,
+        "masks": masks.info()["labels"] if masks is not None else None, "num_classes": len(classes) or None,
+        "steps": state.step, "stopped_early": state.stopped_early, "selected_step": chosen_step,
+        "best_step": state.best_step, "best_loss": state.best_value, "minutes": round(state.elapsed / 60.0, 3),
+        "parameters": sum(p.numel() for p in final.parameters()),
+    }
 
 
 def _base(dataset) -> LatentsDataset:
