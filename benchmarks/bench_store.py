@@ -3,11 +3,18 @@
 Measures, for a 512x512x300 int16 volume (0.7x0.7x1.25 mm): size on disk, random 64^3 patch
 reads per second and full-read throughput; and `medgen preprocess` of the same volume (lung
 window, resampled to 1.5 mm) wall time and peak memory (of a separate process, via
-resource.getrusage). Run: `python -m benchmarks.bench_store` (takes a few minutes).
+resource.getrusage). And the per-item vs stacked layouts of many 2D items (issue 14,
+`benchmarks.store_layouts`): 100,000 64^2 slices; write, dataset reads (batch 64, 0 and 2 workers),
+encode-latents with a tiny model, preprocess --mode slices of the lung CT, files per 10k items.
+
+Run: `python -m benchmarks.bench_store` (all; see benchmarks/README.md for the time it takes),
+`--part volume|layouts`, `--quick` (small sizes, a minute; results in store_quick.json).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import resource
 import subprocess
@@ -18,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ct_like_volume, timed, write_result
+from benchmarks.common import RESULTS, ct_like_volume, timed, write_result
 
 PATCH = 64
 N_PATCHES = 30
@@ -116,19 +123,39 @@ def bench_preprocess(vol: np.ndarray, tmp: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     seconds, rss_kb = res.stdout.split()[-2:]
-    return {"input": "512x512x300 int16 NRRD, 0.7x0.7x1.25 mm", "seconds": float(seconds),
+    return {"input": f"{'x'.join(map(str, vol.shape))} int16 NRRD, 0.7x0.7x1.25 mm", "seconds": float(seconds),
             "peak_rss_MB": int(rss_kb) / 1024, "volume_MB": vol.nbytes / 1e6}
 
 
 def main() -> None:
-    vol = ct_like_volume()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; results in store_quick.json)")
+    parser.add_argument("--part", choices=("all", "volume", "layouts"), default="all")
+    parser.add_argument("--items", type=int, default=100_000, help="items of the stacked layout")
+    parser.add_argument("--old-items", type=int, default=10_000, help="items of the per-item layout")
+    args = parser.parse_args()
+    if args.quick:
+        args.items, args.old_items = 2_000, 500
+    result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        formats = bench_formats(vol, Path(tmp))
-        prep = bench_preprocess(vol, Path(tmp))
-    path = write_result("store", {"volume": list(vol.shape), "dtype": "int16", "formats": formats, "preprocess": prep})
-    for name, v in formats.items():
-        print(f"{name:18s} {v['MB']:7.1f} MB  patch {v['patch_ms']:7.1f} ms  full {v['full_read_MBps']:7.0f} MB/s")
-    print(f"preprocess: {prep['seconds']:.1f} s, peak {prep['peak_rss_MB']:.0f} MB -> {path}")
+        if args.part in ("all", "volume"):
+            vol = ct_like_volume((160, 160, 96) if args.quick else (512, 512, 300))
+            formats = bench_formats(vol, Path(tmp))
+            prep = bench_preprocess(vol, Path(tmp))
+            result.update({"volume": list(vol.shape), "dtype": "int16", "formats": formats, "preprocess": prep})
+            for name, v in formats.items():
+                print(f"{name:18s} {v['MB']:7.1f} MB  patch {v['patch_ms']:7.1f} ms  full {v['full_read_MBps']:7.0f} MB/s")
+            print(f"preprocess: {prep['seconds']:.1f} s, peak {prep['peak_rss_MB']:.0f} MB")
+        if args.part in ("all", "layouts"):
+            from benchmarks.store_layouts import run
+
+            result["layouts"] = run(Path(tmp) / "layouts", args.items, args.old_items, 20 if args.quick else 400)
+    name = "store_quick" if args.quick else "store"
+    previous = RESULTS / f"{name}.json"
+    if args.part != "all" and previous.exists():  # one part again: keep the other part's results
+        result = {**{k: v for k, v in json.loads(previous.read_text()).items() if k != "machine"}, **result}
+    path = write_result(name, result)
+    print(f"-> {path}")
 
 
 if __name__ == "__main__":

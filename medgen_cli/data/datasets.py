@@ -94,7 +94,7 @@ class ItemDataset(Dataset):
         self.store = open_store(store_or_path, storage_options)
         self.ids = _split_ids(self.store, split, ids)
         self.shape = _common_shape(self.store, self.ids)
-        self.subjects = [str(self.store.item_attrs(i).get("subject", "")) for i in self.ids]
+        self.subjects = [str(s) for s in self.store.attr_values(self.ids, "subject", "")]
         self.masks = open_mask_store(self.store, masks, self.ids, storage_options)
 
     @property
@@ -110,6 +110,17 @@ class ItemDataset(Dataset):
         if self.masks is not None:
             sample["mask"] = mask_tensor(self.masks, item_id)
         return sample
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The samples of a whole batch (the DataLoader asks for them at once): stacked items are read
+        with one selection per stack group, one slice of each shard, instead of one read per item."""
+        ids = [self.ids[i] for i in indices]
+        samples = [{"image": _to_tensor(a), "id": i, "subject": self.subjects[k]}
+                   for k, i, a in zip(indices, ids, self.store.read_many(ids))]
+        if self.masks is not None:
+            for sample in samples:
+                sample["mask"] = mask_tensor(self.masks, sample["id"])
+        return samples
 
 
 class PatchDataset(Dataset):

@@ -111,7 +111,9 @@ class IntensityMapping:
                 f"[{self.out_low:g}, {self.out_high:g}]{clip}{log}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # the fields are plain scalars: a shallow dict equals dataclasses.asdict, at a tenth of its cost
+        # (it is built for every stacked item written)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "IntensityMapping":

@@ -3,8 +3,10 @@
 Layout of an artefact's store ``<artefact>/<name>.zarr`` (``main`` for the primary store, the
 derived name otherwise: ``drr``, ``lowdose``, ``downsample2``; ``samples`` for samples)::
 
-    <name>.zarr/                 group attrs: {"medgen_store": 1, "name": ...}
+    <name>.zarr/                 group attrs: {"medgen_store": 1 or 2, "name": ...}
       items/<id>                 array; attrs = ImageMeta.to_attrs() + split, complete, all_chunks, ...
+      stacks/<shape>-<dtype>-<tag>/   format 2: items of one shape as rows of one sharded array, their
+                                 attributes in columns (`medgen_cli.io.stacked`; `write_many`)
 
 An item is written with ``complete: false`` and flagged ``complete: true`` only after its data, so
 an interrupted run never leaves an item that reads as valid and a re-run rewrites it. Any fsspec
@@ -40,10 +42,12 @@ from zarr.core.sync import sync
 
 from ..errors import StepFailed
 from .meta import ImageMeta, IntensityMapping
+from .stacked import StackedView, Stacks, StackWriter
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # the newest format this medgen reads; 2 adds stack groups (a store without any stays 1)
+ITEM_FORMAT = 1  # what a new store is created as
 CREATE_ATTEMPTS = 5  # Store.create retries when another process creates the same store at the same moment
 DTYPES = {"float16": np.float16, "float32": np.float32, "int16": np.int16}
 # every array medgen hands out writes every chunk, even through ``store.array(id)[...] = values``
@@ -161,6 +165,7 @@ class Store:
             raise damaged(path, f"its items group (items/zarr.json) is missing or damaged ({_reason(err)})") from None
         self._index: dict[str, zarr.Array] | None = None  # item id -> array, after the one listing
         self._damaged: dict[str, str] = {}  # item id -> why its metadata is unreadable
+        self._stacks = Stacks(group)  # stacked items (format 2), indexed with the items
 
     @classmethod
     def open(cls, path: Path | str, mode: str = "r", storage_options: dict | None = None) -> "Store":
@@ -183,7 +188,7 @@ class Store:
             try:
                 group = zarr.open_group(path, mode="a", zarr_format=3, storage_options=storage_options)
                 if "medgen_store" not in group.attrs:
-                    group.attrs.update({"medgen_store": STORE_FORMAT, "name": name, **attrs})
+                    group.attrs.update({"medgen_store": ITEM_FORMAT, "name": name, **attrs})
                 group.require_group("items")
                 return cls(group, path)
             except zarr.errors.ContainsGroupError:  # another worker created it between our check and our write
@@ -218,6 +223,7 @@ class Store:
             elif isinstance(node, BaseException):
                 raise node
             # a group inside items/ is not an item
+        self._stacks.load(KEEP_CHUNKS)
         if self._damaged and not self.group.read_only:  # a writer rewrites them as incomplete items
             log.warning("%s: %d item(s) with damaged metadata will be rewritten, e.g. %s", self.path,
                         len(self._damaged), next(iter(self._damaged)))
@@ -232,6 +238,7 @@ class Store:
     def refresh(self) -> None:
         """Forget the index (another process changed the store)."""
         self._index, self._damaged = None, {}
+        self._stacks = Stacks(self.group)
 
     # ------------------------------------------------------------------------------------ reading
     @property
@@ -243,13 +250,17 @@ class Store:
         index = self._scan()
         self._raise_damaged()
         out = []
+        stacked = self._stacks.locs
         for name, arr in index.items():
             attrs = arr.attrs
-            if complete_only and not attrs.get("complete", False):
+            if name in stacked or (complete_only and not attrs.get("complete", False)):
                 continue
             if split is not None and attrs.get("split") != split:
                 continue
             out.append(name)
+        if stacked:  # a stacked id is complete by construction; it wins over an items/ array of the same id
+            out.extend(i for i, loc in stacked.items() if split is None or loc.segment.column("split", loc.offset) == split)
+            out.sort()
         return out
 
     def complete_ids(self) -> set[str]:
@@ -257,10 +268,13 @@ class Store:
         return set(self.ids())
 
     def __contains__(self, item_id: str) -> bool:
-        return item_id in self._scan() or item_id in self._damaged
+        return item_id in self._scan() or item_id in self._damaged or item_id in self._stacks.locs
 
     def array(self, item_id: str) -> zarr.Array:
-        """The zarr array of an item (metadata only; read values with `read`, which checks them)."""
+        """The zarr array of an item (metadata only; read values with `read`, which checks them); for a
+        stacked item a `StackedView` (shape, dtype, attrs, ndim, nbytes)."""
+        if item_id in self._scan_stacks():
+            return self._stacks.view(item_id)
         if self._index is not None:
             if item_id in self._index:
                 return self._index[item_id]
@@ -285,11 +299,28 @@ class Store:
 
         return sync(any_key())
 
+    def _scan_stacks(self) -> dict:
+        """Stacked item id -> location; a store of format 1 has none (and is not listed for them)."""
+        if int(self.group.attrs.get("medgen_store", 1)) < 2:
+            return {}
+        self._scan()
+        return self._stacks.locs
+
     def item_attrs(self, item_id: str) -> dict[str, Any]:
+        if item_id in self._scan_stacks():
+            return self._stacks.attrs(item_id)
         return dict(self.array(item_id).attrs)
+
+    def attr_values(self, ids: list[str], key: str, default: Any = None) -> list[Any]:
+        """One attribute of many items (from the columns of stacked items: no per-item dict)."""
+        locs = self._scan_stacks()
+        return [locs[i].segment.column(key, locs[i].offset, default) if i in locs
+                else self.item_attrs(i).get(key, default) for i in ids]
 
     def is_complete(self, item_id: str) -> bool:
         """O(1) after the store's one listing."""
+        if item_id in self._scan_stacks():
+            return True
         arr = self._scan().get(item_id)
         return arr is not None and bool(arr.attrs.get("complete", False))
 
@@ -310,6 +341,8 @@ class Store:
             DamagedStore: a chunk of the region is absent (for items that record ``all_chunks``) or
                 does not decode; the message names the store, the item and the chunk.
         """
+        if item_id in self._scan_stacks():
+            return self.read_many([item_id], dtype)[0] if region is None else self._read_stacked(item_id, region, dtype)
         arr = self.array(item_id)
         region = tuple(slice(None) for _ in arr.shape) if region is None else tuple(region)
         try:
@@ -343,6 +376,28 @@ class Store:
             except Exception:  # noqa: BLE001
                 return tuple(int(c) for c in coords)
         return None
+
+    def read_many(self, ids: list[str], dtype: Any = np.float32) -> list[np.ndarray]:
+        """The values of several items; stacked items are read with one selection per stack group."""
+        locs = self._scan_stacks()
+        stacked = [i for i in ids if i in locs]
+        try:
+            got = self._stacks.read_rows(stacked) if stacked else {}
+        except Exception as err:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ... on bad bytes
+            for item_id in stacked:  # name the first item that does not read
+                self._read_stacked(item_id, (), dtype)
+            raise damaged(self.path, f"a shard is missing or damaged ({_reason(err)})") from None
+        out = [got[i] if i in got else self.read(i, dtype=None) for i in ids]
+        return out if dtype is None else [v.astype(dtype, copy=False) for v in out]
+
+    def _read_stacked(self, item_id: str, region: tuple, dtype: Any) -> np.ndarray:
+        try:
+            values = self._stacks.read_row(item_id, tuple(region))
+        except LookupError as err:
+            raise damaged(self.path, f"{err.args[0]} is missing or damaged (it is absent)", item_id) from None
+        except Exception as err:  # noqa: BLE001
+            raise damaged(self.path, f"its row is missing or damaged ({_reason(err)})", item_id) from None
+        return values if dtype is None else values.astype(dtype, copy=False)
 
     def read_item(self, item_id: str) -> tuple[np.ndarray, ImageMeta]:
         return self.read(item_id), self.meta(item_id)
@@ -380,6 +435,22 @@ class Store:
         if self._index is not None:
             self._index[item_id] = arr
 
+    def stack_writer(self, tag: str = "0", *, codec: str = "zstd", level: int = 3) -> "_ItemStackWriter":
+        """A buffered writer of stacked items (`write_many`): call ``add(id, array, meta, dtype=..., **attrs)``
+        then ``flush()``; an item is complete (and listed) once the shard it is in was flushed."""
+        self._scan()
+        writer = StackWriter(self._stacks, tag, compressor(codec, level), KEEP_CHUNKS)
+        return _ItemStackWriter(writer)
+
+    def write_many(self, items: list[tuple[str, np.ndarray, ImageMeta]], *, dtype: str = "float16", tag: str = "0",
+                   codec: str = "zstd", level: int = 3, **attrs: Any) -> None:
+        """Write items stacked by shape and dtype: one object per shard instead of two per item. Data
+        first, then each batch's completion record, so an interrupted call leaves no item half written."""
+        writer = self.stack_writer(tag, codec=codec, level=level)
+        for item_id, array, meta in items:
+            writer.add(item_id, array, meta, dtype=dtype, **attrs)
+        writer.flush()
+
     def set_attrs(self, item_id: str, **attrs: Any) -> None:
         self.array(item_id).attrs.update(_jsonable(attrs))
 
@@ -401,6 +472,10 @@ class Store:
                     bad[item_id] = why
             if progress is not None:
                 progress(n, len(index), item_id)
+        rows, stack_bad = self._stacks.check()  # stacked items: one decode per shard
+        report["items"] += len(self._stacks.locs) + len(self._stacks.damaged)
+        report["chunks"] += rows
+        bad.update(stack_bad)
         report["damaged"] = dict(sorted(bad.items()))
         return report
 
@@ -433,7 +508,8 @@ class Store:
         raw = stored = incomplete = 0
         index = self._scan()
         self._raise_damaged()
-        for arr in index.values():
+        stacked = [self.array(i) for i in self._stacks.locs]
+        for arr in [a for i, a in index.items() if i not in self._stacks.locs] + stacked:
             attrs = dict(arr.attrs)
             if not attrs.get("complete", False):
                 incomplete += 1
@@ -448,7 +524,8 @@ class Store:
             spacing_min = sp if spacing_min is None else np.minimum(spacing_min, sp)
             spacing_max = sp if spacing_max is None else np.maximum(spacing_max, sp)
             raw += arr.nbytes
-            stored += arr.nbytes_stored()
+            stored += 0 if isinstance(arr, StackedView) else arr.nbytes_stored()
+        stored += self._stacks.stored_bytes() if stacked else 0
         return {
             "name": self.attrs.get("name", ""), "items": sum(splits.values()), "incomplete_items": incomplete,
             "subjects": len(subjects), "splits": dict(sorted(splits.items())), "shapes": dict(shapes),
@@ -473,3 +550,19 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+class _ItemStackWriter:
+    """`StackWriter` taking items as `Store.write` does: (id, array, meta, dtype, **attrs)."""
+
+    def __init__(self, writer: StackWriter):
+        self.writer = writer
+
+    def add(self, item_id: str, array: np.ndarray, meta: ImageMeta, *, dtype: str = "float16", **attrs: Any) -> None:
+        if "/" in item_id or not item_id or item_id.startswith("."):
+            raise ValueError(f"item id {item_id!r} must be non-empty, must not contain '/' and must not start with '.'")
+        data = as_stored_dtype(np.asarray(array), dtype)
+        self.writer.add(item_id, data, {**meta.to_attrs(), **attrs})  # the segment stores them as JSON
+
+    def flush(self) -> None:
+        self.writer.flush()

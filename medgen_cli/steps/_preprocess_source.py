@@ -1,7 +1,8 @@
 """One input of ``medgen preprocess`` -> its items in the stores (runs in worker processes)::
 
     read (physical units) -> reorient -> resample | fit -> crop/pad -> [derive paired images]
-      -> intensity mapping -> volume | slices | sequences -> write items (complete flag last)
+      -> intensity mapping -> volume | slices | sequences -> write items (complete flag last; slices are
+      returned to the parent, which writes them stacked: `write_stacked`)
 
 Derived stores hold the same item ids as ``main``: in volume mode the derived volume (DRRs: one item
 per view, ``<id>_ap``, ``<id>_lateral``); in slices and sequence modes the derived volume (lowdose,
@@ -23,10 +24,13 @@ import numpy as np
 from ..io.masks import mask_store_name
 from ..io.meta import ImageMeta, IntensityMapping
 from ..io.readers import ReadError, Source, read_source
-from ..io.store import Store, store_path
+from ..io.store import Store, as_stored_dtype, store_path
 from ..preprocess import derive, intensity, slicing, spatial
 from ..settings import PreprocessSettings
 from . import _preprocess_masks as masks
+
+
+STACKED_MODES = ("slices",)  # modes whose 2D items are written stacked (the benchmark compares with ())
 
 
 def _item_seed(seed: int, item_id: str) -> int:
@@ -215,12 +219,31 @@ def process_source(source: Source, item_base: str, subject: str, split: str, s: 
     kw = dict(chunks=s.store.chunks, codec=s.store.compressor, level=s.store.level)
     stores = [(name, store_items, s.store.dtype) for name, store_items in [("main", items), *derived.items()]]
     stores += [(name, store_items, "int16") for name, store_items in mask_items.items()]
+    stacked = []  # slices: (store, dtype, [(id, stored array, meta)]) for the parent to write (see `stacked_items`)
     for store_name, store_items, dtype in stores:
+        written[store_name] = [item_id for item_id, _, _ in store_items]
+        if s.mode.kind in STACKED_MODES:
+            stacked.append((store_name, dtype, [(i, as_stored_dtype(a, dtype), m) for i, a, m in store_items]))
+            continue
         store = Store.create(store_path(artefact, store_name), name=store_name)
         for item_id, a, m in store_items:
             store.write(item_id, a, m, split=split, dtype=dtype, **kw)
-            written.setdefault(store_name, []).append(item_id)
-    return {"items": written, "warnings": warnings, "ndim": ndim, "window_unused": window_unused}
+    return {"items": {k: v for k, v in written.items() if v}, "warnings": warnings, "ndim": ndim,
+            "window_unused": window_unused, "stacked": stacked, "split": split}
+
+
+def write_stacked(outcome: dict[str, Any], artefact: str, tag: str, s: PreprocessSettings,
+                  stores: dict[str, Store]) -> None:
+    """Write the slices of one input stacked: one writer (the parent process; ``tag`` names it, e.g. the
+    shard ``0of1``) per stack group, one new shard per input and store, complete once its segment is
+    written; the caller records the input as done only after this returns. ``stores`` caches the Stores."""
+    for store_name, dtype, store_items in outcome.pop("stacked", []):
+        if store_name not in stores:
+            stores[store_name] = Store.create(store_path(artefact, store_name), name=store_name)
+        writer = stores[store_name].stack_writer(tag, codec=s.store.compressor, level=s.store.level)
+        for item_id, a, m in store_items:
+            writer.add(item_id, a, m, dtype=dtype, split=outcome["split"])
+        writer.flush()
 
 
 def _label_volumes(mask: masks.Mask, shape: tuple[int, ...], meta: ImageMeta, derived: dict

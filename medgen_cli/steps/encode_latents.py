@@ -9,7 +9,8 @@ Orchestration only. Writes the ``latents`` artefact::
 
 Each latent item keeps the data item's attributes (subject, split, view, ...) plus ``source_id``,
 with the geometry of its grid (`medgen_cli.data.latents.latent_meta`) and an identity intensity
-mapping. Items of one shape are encoded in batches. A batch whose whole-volume encoding would need
+mapping. Items of one shape are encoded in batches; 2D latents are written stacked (`medgen_cli.io.stacked`: one
+object per shard of items, complete once its shard is flushed). A batch whose whole-volume encoding would need
 more memory than ``tiling.max_gib`` (``tiling.mode`` auto, the default; always: every batch) is
 encoded tile by tile (`medgen_cli.inference.AutoencoderTiler`: tiles aligned to the downsampling,
 whole-volume normalisation statistics), equal to whole-volume encoding up to float error (VQ codes:
@@ -21,6 +22,7 @@ each output store, so a resume costs time in proportion to the items left.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -171,8 +173,9 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
         if info.get("latent_scale") is None:
             raise UsageError(f"{settings.ae} has no latent_scale in its model.json; re-run medgen train-ae.")
         scale = float(info["latent_scale"])
-    for item_id in ids:
-        _check_item(model, info, item_id, tuple(store.array(item_id).shape))
+    first_of_shape = {tuple(store.array(i).shape): i for i in reversed(ids)}
+    for shape, item_id in first_of_shape.items():
+        _check_item(model, info, item_id, shape)
 
     out = fs.location(out)  # a directory or a URL (s3://...)
     writer = ArtefactWriter(out, "latents", settings.model_dump(mode="json"), refs, overwrite=overwrite, resume=True)
@@ -187,29 +190,49 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     if skipped:
         log.info("resuming: %d of %d items already encoded", skipped, len(ids))
     done = skipped
-    for batch_ids in _batches(store, todo, settings.batch_size):
-        arrays = np.stack([store.read(i) for i in batch_ids])
-        try:
-            outputs = _encode(tiler, info, arrays, scale)
-        except ValueError as err:  # e.g. a tiling.max_gib too small for any tile
-            raise UsageError(f"item {batch_ids[0]} of {store.path} (shape {list(arrays.shape[1:])}) cannot be "
-                             f"encoded: {err}") from None
-        if tiler.last_run is not None:
-            log.info("items %s encoded tile by tile: %s", ", ".join(batch_ids), tiler.last_run.plan)
-        for k, item_id in enumerate(batch_ids):
-            meta = store.meta(item_id)
-            for lv, values in zip(levels, outputs):
-                extra = {"latent_scale": scale} if lv.level == "latents" else {}
-                lv.store.write(item_id, values[k], latent_meta(meta, lv.factor, source_id=item_id, level=lv.level,
-                                                               **extra), dtype=lv.dtype)
-        done += len(batch_ids)
-        if progress is not None:
-            progress(done, len(ids), batch_ids[-1])
+    with _stacked_writers(levels, info["spatial_dims"]) as writers:
+        for batch_ids in _batches(store, todo, settings.batch_size):
+            done = _encode_batch(store, batch_ids, tiler, info, levels, scale, writers) + done
+            if progress is not None:
+                progress(done, len(ids), batch_ids[-1])
     summary = _summary(model, info, levels, num_embeddings, scale, settings, store)
     _preview(partial, store, levels, num_embeddings)
     writer.commit(summary)
     log.info("wrote %s (%d items, %s)", out, len(ids), summary["grid_shape"])
     return EncodeResult(out=out, summary=summary, encoded=len(todo), skipped=skipped)
+
+
+@contextmanager
+def _stacked_writers(levels: list[_Level], spatial_dims: int):
+    """2D latents are written stacked (one object per shard, `medgen_cli.io.stacked`); volumes keep one array
+    each ({}). The writers are flushed on the way out, also when interrupted: the items encoded so far are
+    whole, so a resume starts after them (a killed run loses at most the items of its unflushed shards)."""
+    writers = {lv.name: lv.store.stack_writer() for lv in levels} if spatial_dims == 2 else {}
+    try:
+        yield writers
+    finally:
+        for stacked in writers.values():
+            stacked.flush()
+
+
+def _encode_batch(store: Store, batch_ids: list[str], tiler: AutoencoderTiler, info: dict[str, Any],
+                  levels: list[_Level], scale: float, writers: dict[str, Any]) -> int:
+    """Encode and write one batch of items of one shape; returns its size."""
+    arrays = np.stack(store.read_many(batch_ids))
+    try:
+        outputs = _encode(tiler, info, arrays, scale)
+    except ValueError as err:  # e.g. a tiling.max_gib too small for any tile
+        raise UsageError(f"item {batch_ids[0]} of {store.path} (shape {list(arrays.shape[1:])}) cannot be "
+                         f"encoded: {err}") from None
+    if tiler.last_run is not None:
+        log.info("items %s encoded tile by tile: %s", ", ".join(batch_ids), tiler.last_run.plan)
+    for k, item_id in enumerate(batch_ids):
+        meta = store.meta(item_id)
+        for lv, values in zip(levels, outputs):
+            extra = {"latent_scale": scale} if lv.level == "latents" else {}
+            lmeta = latent_meta(meta, lv.factor, source_id=item_id, level=lv.level, **extra)
+            (writers[lv.name].add if writers else lv.store.write)(item_id, values[k], lmeta, dtype=lv.dtype)
+    return len(batch_ids)
 
 
 def _common(shapes: set[tuple[int, ...]]) -> list[int] | None:
@@ -235,9 +258,8 @@ def _summary(model, info, levels: list[_Level], num_embeddings, scale, settings:
         stores[lv.name] = {"level": lv.level, "grid_shape": _common(grid), "factor": list(lv.factor),
                            "dtype": lv.dtype, "num_embeddings": num_embeddings, "items": len(lv.store.ids())}
     splits: dict[str, int] = {}
-    for item_id in levels[0].store.ids():
-        split = str(levels[0].store.item_attrs(item_id).get("split", ""))
-        splits[split] = splits.get(split, 0) + 1
+    for split in levels[0].store.attr_values(levels[0].store.ids(), "split", ""):
+        splits[str(split)] = splits.get(str(split), 0) + 1
     image_shapes = {tuple(data.array(i).shape) for i in data.ids()}
     return {
         "ae_kind": info["kind"],

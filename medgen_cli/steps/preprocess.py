@@ -17,7 +17,9 @@ Failures: a bad input is reported and the others go on (``strict`` stops at the 
 artefact is committed with the good items and ``report.json`` lists every input's outcome. When
 every input failed nothing is committed: ``OUT.partial/`` keeps only its manifest, settings and
 ``report.json`` (a re-run retries every input, ``--overwrite`` discards it) and the step fails.
-Workers (``runtime.workers > 1``) die with the step: see ``_workers``.
+Workers (``runtime.workers > 1``) die with the step: see ``_workers``. In slices mode the workers hand
+their slices back and this process writes them stacked (`medgen_cli.io.stacked`), one writer per stack
+group (named after the shard, so ``--shard`` runs never share one).
 
 Masks (``masks.source``, see ``_preprocess_masks``): each input's label image is paired before anything
 is written (an input without one is refused, exit 2, or skipped with ``masks.missing: skip``; files that
@@ -47,7 +49,7 @@ from ..settings import PreprocessSettings
 from ..viz.previews import store_preview
 from . import _preprocess_masks as masks
 from ._preprocess_inputs import InputError, Inputs, collect, item_bases, subjects_of
-from ._preprocess_source import pipeline_description, process_source, safe_process
+from ._preprocess_source import pipeline_description, process_source, safe_process, write_stacked
 from ._workers import run_pool, stop_on_sigterm
 
 log = logging.getLogger(__name__)
@@ -181,7 +183,7 @@ def run(settings: PreprocessSettings, out: Path | str, *, overwrite: bool = Fals
         jobs = [(sources[k], bases[k], subjects[key(k)], assignment[subjects[key(k)]], settings, str(writer.stores),
                  mask_of.get(key(k))) for k in todo]
         tracker = _Tracker(partial, settings, [(sources[k], subjects[key(k)], bases[k], mask_of.get(key(k))) for k in todo],
-                           strict, progress)
+                           strict, progress, tag=f"{index}of{count}")
         try:
             if settings.runtime.workers > 1 and len(jobs) > 1:
                 run_pool(safe_process, jobs, settings.runtime.workers, tracker)
@@ -205,8 +207,9 @@ class _Tracker:
     """The parent's handling of each finished input: record it, warn, stop on mixed 2D/3D or ``strict``."""
 
     def __init__(self, partial: Path, s: PreprocessSettings, jobs: list[tuple[Source, str, str, str | None]], strict: bool,
-                 progress: Callable[[int, int, str], None] | None):
+                 progress: Callable[[int, int, str], None] | None, tag: str = "0of1"):
         self.partial, self.s, self.jobs, self.strict, self.progress = partial, s, jobs, strict, progress
+        self.tag, self.stores = tag, {}  # the stacked slices' writer name (this shard) and its open Stores
         self.failed: list[tuple[str, str]] = []
         self.window_unused: list[tuple[str, str]] = []
         self.ranks = {r["ndim"]: r["source"] for r in _done_records(partial) if "ndim" in r}  # resumed inputs
@@ -224,6 +227,7 @@ class _Tracker:
             self._check_rank(outcome["ndim"], source.path)
             if outcome["window_unused"]:
                 self.window_unused.append((source.path, outcome["window_unused"]))
+            write_stacked(outcome, str(self.partial), self.tag, self.s, self.stores)  # before the input counts as done
             _write_json(_progress_file(self.partial, base), {
                 "source": source.path, "series_uid": source.series_uid, "subject": subject,
                 "items": outcome["items"], "ndim": outcome["ndim"], "stamp": _stamp(source.path),

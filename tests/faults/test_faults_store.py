@@ -116,13 +116,15 @@ def test_encode_latents_refuses_a_deleted_chunk(pipe, tmp_path):
     assert not (tmp_path / "lat").exists()
 
 
-def test_export_decode_refuses_a_deleted_latent_chunk(pipe, tmp_path):
+def test_export_decode_refuses_a_deleted_latent_shard(pipe, tmp_path):
     lat = copy(pipe.lat, tmp_path / "lat")
-    delete_chunk(lat, "item00")
+    shards = sorted((lat / "main.zarr" / "stacks").glob("*/data/c/0/0/0"))  # 2D latents are stacked
+    assert len(shards) == 1 and not (lat / "main.zarr" / "items" / "item00").exists()
+    shards[0].unlink()
     before = snapshot(lat)
     res = invoke("export", lat, "--decode", "--format", "nifti", "--out", tmp_path / "x", "--device", "cpu")
-    refused_intact(res, lat, before, f"{lat}/main.zarr item item00", "chunk 0.0 is missing or damaged",
-                   "re-run medgen encode-latents")
+    refused_intact(res, lat, before, f"{lat}/main.zarr item item0", f"shard 0 of stack {shards[0].parents[4].name} "
+                   "is missing or damaged", "re-run medgen encode-latents")
     assert not (tmp_path / "x").exists()
 
 

@@ -54,3 +54,23 @@ def test_store_round_trip_and_patch_dataset_on_s3(s3):
     o = [int(v) for v in sample["origin"]]
     expected = arrays[sample["id"]][o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8]
     np.testing.assert_allclose(sample["image"][0].numpy(), expected, atol=1e-3)
+
+
+def test_stacked_items_on_s3(s3):
+    """The stacked layout (issue 14) through fsspec: shards and segments are objects in the bucket, read by zarr."""
+    from medgen_cli.data import ItemDataset
+
+    rng = np.random.default_rng(1)
+    url = "s3://medgen/lat/main.zarr"
+    items = [(f"x{k:03d}", rng.uniform(-1, 1, (8, 8)).astype(np.float32), ImageMeta(subject=f"s{k % 3}"))
+             for k in range(20)]
+    Store.create(url, storage_options=s3).write_many(items, dtype="float32", split="train")
+    again = Store.open(url, storage_options=s3)
+    assert again.attrs["medgen_store"] == 2 and again.ids("train") == [i for i, _, _ in items]
+    for (item_id, arr, _), got in zip(items, again.read_many([i for i, _, _ in items])):
+        np.testing.assert_array_equal(got, arr)
+    np.testing.assert_array_equal(again.read("x007", (slice(1, 3), slice(None))), items[7][1][1:3])
+    assert again.check()["damaged"] == {} and again.summary()["items"] == 20
+    batch = ItemDataset(again, split="train").__getitems__([3, 0, 19])
+    assert [s["id"] for s in batch] == ["x003", "x000", "x019"]
+    np.testing.assert_array_equal(batch[2]["image"][0].numpy(), items[19][1])

@@ -54,8 +54,11 @@ def _mark_with_item_index(latents: Path) -> dict[str, int]:
     condition tells which item it came from."""
     store = Store.open(store_path(latents), mode="r+")
     index = {item_id: k for k, item_id in enumerate(store.ids())}
+    rewritten = []
     for item_id, k in index.items():
-        store.array(item_id)[...] = k
+        arr = store.array(item_id)
+        rewritten.append((item_id, np.full(arr.shape, k), store.meta(item_id)))
+    store.write_many(rewritten, dtype=str(arr.dtype))  # stacked rows are written once: write them again (latest wins)
     return index
 
 
