@@ -448,7 +448,9 @@ def main() -> None:
         _write(result, large, complete=False)
     if not args.quick and not args.skip_agreement:  # after the long runs, which the machine gets first
         result["agreement"] = agreement()
-    path = _write(result, large, complete=True)
+    # complete: every autoencoder kind has its full-size run (a --kinds subset leaves the others to a later run)
+    done = args.quick or all(f"run_{args.size}" in large.get(kind, {}) for kind in KINDS)
+    path = _write(result, large, complete=done)
     print(f"wrote {path}")
 
 
