@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +105,25 @@ def finish_metrics(partial: Path) -> dict[str, Any]:
         plot_metrics(path, partial / "plots" / "losses.png")
     last = next((r for r in reversed(records) if r.get("phase") == "val"), {})
     return {k: v for k, v in last.items() if k not in ("step", "phase")}
+
+
+def data_loaders(train, val, batch_size: int, num_workers: int, seed: int, ctx: DistContext,
+                 device: torch.device) -> tuple[Callable[[int, int], Any], Callable[[], Any]]:
+    """``(loader_fn, val_batches)`` of a training run: ``loader_fn(epoch, start_batch)`` gives this rank's
+    shuffled shard of ``train`` positioned for a resume; ``val_batches()`` the validation batches in order."""
+    from ..data import make_loader, set_epoch
+
+    try:
+        loader = make_loader(train, batch_size, shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
+                             num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda")
+    except ValueError as err:
+        raise UsageError(f"data.batch_size = {batch_size}: {err}") from None
+
+    def loader_fn(epoch: int, start_batch: int):
+        set_epoch(loader, epoch, start_batch)
+        return loader
+
+    def val_batches():
+        return torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False)
+
+    return loader_fn, val_batches

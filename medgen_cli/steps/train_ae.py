@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..artefacts import ArtefactWriter, input_ref
-from ..data import ItemDataset, PatchDataset, build_augmentation, data_range, make_loader, open_store, set_epoch
+from ..data import ItemDataset, PatchDataset, build_augmentation, data_range, open_store
 from ..errors import UsageError
 from ..io import fs
 from ..io.store import store_path
@@ -39,7 +39,8 @@ from ..train.ae_task import AutoencoderTask, compile_pyramids, latent_scale
 from ..train.loop import Trainer
 from ..train.losses import ReconstructionLoss
 from ..train.precision import channels_last_format, use_channels_last
-from ._training import MODEL_FILE, MODEL_JSON, finish_metrics, open_on_main, seed_everything, training_runtime, write_model
+from ._training import (MODEL_FILE, MODEL_JSON, data_loaders, finish_metrics, open_on_main, seed_everything,
+                        training_runtime, write_model)
 
 log = logging.getLogger(__name__)
 
@@ -188,19 +189,8 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     partial = open_on_main(ctx, writer)
 
     d = settings.data
-    try:
-        loader = make_loader(data.train, d.batch_size, shuffle=True, seed=settings.runtime.seed, rank=ctx.rank,
-                             world_size=ctx.world_size, num_workers=d.num_workers, drop_last=True,
-                             pin_memory=device.type == "cuda")
-    except ValueError as err:
-        raise UsageError(f"data.batch_size = {d.batch_size}: {err}") from None
-
-    def loader_fn(epoch: int, start_batch: int):
-        set_epoch(loader, epoch, start_batch)
-        return loader
-
-    def val_batches():
-        return torch.utils.data.DataLoader(data.val, batch_size=d.batch_size, shuffle=False)
+    loader_fn, val_batches = data_loaders(data.train, data.val, d.batch_size, d.num_workers, settings.runtime.seed,
+                                          ctx, device)
 
     aug_opts = settings.augment.model_dump()
     if data.value_range is not None:

@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ..artefacts import ArtefactWriter
-from ..data import make_loader, set_epoch
 from ..data.latents import LatentsDataset, resolve_join
 from ..errors import UsageError
 from ..io import fs
@@ -45,7 +44,7 @@ from ..train.loop import Trainer
 from ..train.prior_task import LOSSES, LossFn, PriorObjective, PriorTask
 from . import _diffusion
 from ._priors import Latents, build_prior, open_latents, prior_config
-from ._training import finish_metrics, open_on_main, seed_everything, training_runtime, write_model
+from ._training import data_loaders, finish_metrics, open_on_main, seed_everything, training_runtime, write_model
 
 log = logging.getLogger(__name__)
 
@@ -284,20 +283,7 @@ def _make_task(settings: TrainPriorSettings, objective: nn.Module, train, val, c
     """The training task over ``train`` (validation on ``val``); ``check`` is the diffusion sampling check (None
     off the main rank), or False for token priors."""
     d = settings.data
-    try:
-        loader = make_loader(train, d.batch_size, shuffle=True, seed=settings.runtime.seed, rank=ctx.rank,
-                             world_size=ctx.world_size, num_workers=d.num_workers, drop_last=True,
-                             pin_memory=device.type == "cuda")
-    except ValueError as err:
-        raise UsageError(f"data.batch_size = {d.batch_size}: {err}") from None
-
-    def loader_fn(epoch: int, start_batch: int):
-        set_epoch(loader, epoch, start_batch)
-        return loader
-
-    def val_batches():
-        return DataLoader(val, batch_size=d.batch_size, shuffle=False)
-
+    loader_fn, val_batches = data_loaders(train, val, d.batch_size, d.num_workers, settings.runtime.seed, ctx, device)
     common = dict(val_batches=val_batches if len(val) else None, val_seed=settings.runtime.seed)
     if check is False:
         return PriorTask(dist_utils.wrap_ddp(objective, device), loader_fn, device, **common)
