@@ -32,11 +32,12 @@ from medgen_cli.steps import encode_latents, evaluate, export, preprocess, sampl
 from medgen_cli.steps._load import load_autoencoder
 from medgen_cli.steps._priors import load_prior
 from tests.conftest import sphere_phantom, write_nifti
+from tests.io.moto_helpers import moto_bucket
 from tests.steps.conftest import AFFINE, prior_settings, sample_settings
 from tests.train.helpers import tiny_settings
 
 pytest.importorskip("s3fs", reason="s3fs is in the dev extra; install with pip install -e '.[dev]'")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
+pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
 
 pytestmark = pytest.mark.s3
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,27 +48,19 @@ PREP = ["input.modality=CT", "intensity.window=0,2000", "split.fractions=0.5,0.2
 def s3(tmp_path_factory):
     """moto on 127.0.0.1 with the bucket ``medgen``; fsspec finds it through its configuration (in this process)
     and the ``FSSPEC_S3`` variable (in the subprocesses), as a user's storage options are found."""
-    import boto3
     import fsspec.config
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                 region_name="us-east-1").create_bucket(Bucket="medgen")
-    options = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    saved = fsspec.config.conf.get("s3")
-    fsspec.config.conf["s3"] = options
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FSSPEC_S3", json.dumps(options))
-        mp.setenv("MEDGEN_STAGING", str(tmp_path_factory.mktemp("staging")))
-        yield options
-    if saved is None:
-        fsspec.config.conf.pop("s3", None)
-    else:
-        fsspec.config.conf["s3"] = saved
-    server.stop()
+    with moto_bucket() as options:
+        saved = fsspec.config.conf.get("s3")
+        fsspec.config.conf["s3"] = options
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("FSSPEC_S3", json.dumps(options))
+            mp.setenv("MEDGEN_STAGING", str(tmp_path_factory.mktemp("staging")))
+            yield options
+        if saved is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved
 
 
 def bucket_root() -> str:

@@ -7,24 +7,16 @@ import pytest
 
 from medgen_cli.io.meta import ImageMeta, IntensityMapping
 from medgen_cli.io.store import Store
+from tests.io.moto_helpers import moto_bucket
 
 pytest.importorskip("s3fs", reason="s3fs is in the dev extra; install with pip install -e '.[dev]'")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
+pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
 
 
 @pytest.fixture(scope="module")
 def s3():
-    import boto3
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                 region_name="us-east-1").create_bucket(Bucket="medgen")
-    options = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    yield options
-    server.stop()
+    with moto_bucket() as options:
+        yield options
 
 
 def test_store_round_trip_and_patch_dataset_on_s3(s3):
