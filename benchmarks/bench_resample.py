@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from benchmarks.common import timed, write_result
-from medgen_cli.io.meta import ImageMeta, affine_from_geometry
+from medgen_cli.meta import ImageMeta, affine_from_geometry
 from medgen_cli.preprocess import spatial
 
 SPACING = (0.7, 0.7, 1.25)

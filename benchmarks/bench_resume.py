@@ -28,7 +28,7 @@ from zarr.storage import LocalStore
 
 from benchmarks.common import ForeignLoad, write_result
 from medgen_cli.artefacts import ArtefactWriter
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import EncodeSettings, TrainAESettings, load_settings
 from medgen_cli.steps import encode_latents, train_ae

@@ -24,7 +24,7 @@ CT = Path(os.environ.get("MEDGEN_DATA", Path.home() / ".cache" / "medgen" / "dat
 
 
 def _items(n: int, seed: int = 0):
-    from medgen_cli.io.meta import ImageMeta, IntensityMapping
+    from medgen_cli.meta import ImageMeta, IntensityMapping
 
     mapping = IntensityMapping(method="window", unit="HU", in_low=-1000, in_high=1000, out_low=-1, out_high=1, clip=True)
     rng = np.random.default_rng(seed)

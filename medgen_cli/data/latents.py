@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..io.meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 from ..io.store import Store
 from .datasets import PairedDataset, StoreLike, _common_shape, _split_ids, _view_order, open_store, resolve_join
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io.meta import ImageMeta
+from ..meta import ImageMeta
 
 __all__ = ["MIN_STD", "SpacingChannels", "image_spacing"]
 

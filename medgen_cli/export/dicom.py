@@ -5,7 +5,7 @@ per slice, ``KeepOriginalImageUIDOn``, the tags set on each slice), with layout,
 and attributes made right for viewers, PACS and ``dciodvfy``:
 
 * **Layout (as 3D Slicer, OsiriX and PACS show it).** The item is first put in the standard
-  orientation (``io.meta.standard_orientation``): ImageOrientationPatient is the one closest to the
+  orientation (``meta.standard_orientation``): ImageOrientationPatient is the one closest to the
   plane's standard axes, so in an axial slice the first column is the patient's right and the first
   row is anterior (IOP ``1\\0\\0\\0\\1\\0``), coronal slices have the patient's right on the left and
   superior at the top, sagittal slices anterior on the left. Slices run along row x column.
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.meta import ImageMeta, standard_orientation
+from ..meta import ImageMeta, standard_orientation
 from ..io.writers import to_sitk
 from .dicom_tags import (RADIOGRAPHS, SOP_CLASS, add_sequences, ds, dx_sequences, export_modality,  # noqa: F401
                          new_uid, series_tags, slice_position_tags)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..io.meta import ImageMeta, IntensityMapping, standard_orientation
+from ..meta import ImageMeta, IntensityMapping, standard_orientation
 from ..io.writers import to_sitk, write_nifti
 from .dicom import write_dicom_series
 
@@ -122,7 +122,7 @@ def _into_directory(final: Path, write) -> list[Path]:
 def to_display(plane: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """A 2D ``(i, j)`` plane as ``(rows, cols)`` in radiological display orientation.
 
-    The layout is ``io.meta.standard_orientation``'s, the one DICOM exports are written in.
+    The layout is ``meta.standard_orientation``'s, the one DICOM exports are written in.
 
     Args:
         plane: values indexed ``(i, j)``.

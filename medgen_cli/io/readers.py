@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import StepFailed
 from .dicom import (UNEVEN_MODES, SeriesError, describe_non_image, is_dicom_file, orientation_from_letters,
                     plan_series, read_headers, regular_grid, source_tags)
-from .meta import LPS_TO_RAS, ImageMeta, affine_from_geometry
+from ..meta import LPS_TO_RAS, ImageMeta, affine_from_geometry
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
 from ..errors import StepFailed
-from .meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 from .stacked import StackedView, Stacks, StackWriter
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .meta import LPS_TO_RAS, ImageMeta
+from ..meta import LPS_TO_RAS, ImageMeta
 
 
 def to_physical(array: np.ndarray, meta: ImageMeta) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 from .image import ms_ssim
 
 log = logging.getLogger(__name__)

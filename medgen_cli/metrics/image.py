@@ -41,7 +41,7 @@ import kornia
 import numpy as np
 import torch
 
-from ..io.meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SIGMA = 1.5

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.preprocess import _resample
 from medgen_cli.preprocess.intensity import is_identity, physical_unit, physical_values
 from medgen_cli.preprocess.spatial import gaussian_filter, resample

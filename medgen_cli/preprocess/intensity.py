@@ -1,7 +1,7 @@
 """Intensity mappings: CT windows, percentile / z-score / min-max normalisation, an HU check.
 
 Every function returns ``(stored, meta)`` where ``meta.intensity`` is the
-:class:`~medgen_cli.io.meta.IntensityMapping` that produced ``stored``, so
+:class:`~medgen_cli.meta.IntensityMapping` that produced ``stored``, so
 ``meta.intensity.to_physical(stored)`` gives back the (clipped) physical values. The stored
 values are computed *through* that mapping (``mapping.to_stored``), which is what guarantees the
 round trip.
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.windows import WINDOW_PRESETS, parse_window
 
 log = logging.getLogger(__name__)

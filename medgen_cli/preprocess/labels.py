@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 
 TIE = 1e-6  # voxels: |x - (m + 0.5)| below this rounds up, whatever the float noise
 LABEL_DTYPE = np.int16  # the stored type (the item store holds float16, float32 or int16)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.preprocess.spatial import default_threshold
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import nibabel.orientations as nio
 import numpy as np
 
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.preprocess import _resample
 from medgen_cli.preprocess._resample import ORDERS
 

@@ -35,7 +35,7 @@ from ..errors import UsageError
 from ..io import fs
 from ..safety import normal_path
 from ..io.masks import MASK_STORE, mask_store_name
-from ..io.meta import ImageMeta
+from ..meta import ImageMeta
 from ..io.store import DamagedStore, Store, store_path
 from ..settings.prior import SampleSettings, TrainPriorSettings
 from ._preprocess_masks import LABEL_MAPPING, with_counts

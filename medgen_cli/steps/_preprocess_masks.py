@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..io.meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 from ..io.readers import NIFTI_SUFFIXES, ReadError, Source, read_source
 from ..preprocess import labels as lab
 from ..preprocess.splits import SubjectTable

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..io.masks import mask_store_name
-from ..io.meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 from ..io.readers import ReadError, Source, read_source
 from ..io.store import Store, as_stored_dtype, store_path
 from ..preprocess import derive, intensity, slicing, spatial

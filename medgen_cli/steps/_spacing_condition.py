@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..data.spacing import SpacingChannels, image_spacing
 from ..errors import UsageError
-from ..io.meta import ImageMeta
+from ..meta import ImageMeta
 from ..settings.prior import SampleSettings, TrainPriorSettings
 from ._priors import Latents
 

@@ -48,7 +48,7 @@ import torch
 from ..artefacts import ArtefactError, ArtefactWriter, find_upstream, input_ref
 from ..errors import StepFailed, UsageError
 from ..inference import AutoencoderTiler, TilingOptions
-from ..io.meta import IntensityMapping
+from ..meta import IntensityMapping
 from ..io import fs
 from ..io.store import Store, store_path
 from ..metrics import diversity, frechet_distance, intensity_distance, mmd_rbf, resolve_data_range

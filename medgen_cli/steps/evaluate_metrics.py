@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
-from ..io.meta import ImageMeta
+from ..meta import ImageMeta
 from ..io.store import Store
 from ..metrics import (
     codebook_perplexity,

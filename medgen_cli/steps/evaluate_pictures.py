@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io.meta import ImageMeta, IntensityMapping
+from ..meta import ImageMeta, IntensityMapping
 from ..viz import display_plane, display_slice, error_map, multi_slice_strip, orthogonal_views, save_grid
 from ..viz.orientation import resolve_axis
 

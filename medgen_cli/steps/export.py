@@ -39,7 +39,7 @@ from ..errors import StepFailed, UsageError
 from ..export import models as mx
 from ..export.images import export_item
 from ..inference import AutoencoderTiler, TilingOptions
-from ..io.meta import IntensityMapping
+from ..meta import IntensityMapping
 from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
 from ..models.registry import build_autoencoder

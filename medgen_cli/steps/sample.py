@@ -55,7 +55,7 @@ from ..artefacts import ArtefactWriter, InputRef, input_ref
 from ..data.latents import condition_items, condition_subjects, latent_meta, read_latent, subject_conditions
 from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
-from ..io.meta import ImageMeta
+from ..meta import ImageMeta
 from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
 from ..io.writers import write_nifti

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from nibabel.orientations import aff2axcodes
 
-from ..io.meta import ImageMeta
+from ..meta import ImageMeta
 
 OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 PLANE_OF_NORMAL = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal", "L": "sagittal", "R": "sagittal"}

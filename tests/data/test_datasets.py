@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medgen_cli.data import ItemDataset, PairedDataset, PatchDataset, data_range
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.io.store import Store
 
 ZSCORE = IntensityMapping(method="zscore", in_low=0.0, in_high=1.0, out_low=0.0, out_high=1.0, clip=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medgen_cli.data import ItemDataset, PairedDataset, PatchDataset, build_augmentation
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from medgen_cli.io.meta import LPS_TO_RAS, ImageMeta, IntensityMapping
+from medgen_cli.meta import LPS_TO_RAS, ImageMeta, IntensityMapping
 from tests.conftest import sphere_phantom
 
 CT_WINDOW = IntensityMapping(method="window", unit="HU", in_low=-1000, in_high=1000, out_low=-1, out_high=1, clip=True)

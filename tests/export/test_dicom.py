@@ -6,14 +6,14 @@ import pytest
 from medgen_cli.export.dicom import choose_rescale, ds, unsigned_levels
 from medgen_cli.export.dicom_tags import add_sequences
 from medgen_cli.export.images import export_item
-from medgen_cli.io.meta import LPS_TO_RAS, ImageMeta, IntensityMapping, standard_orientation
+from medgen_cli.meta import LPS_TO_RAS, ImageMeta, IntensityMapping, standard_orientation
 from medgen_cli.io.readers import Source, discover, read_source
 from tests.export.helpers import CT_WINDOW, ct_item, oblique_affine, read_series, sitk_affine, values_at_item_voxels
 
 pydicom = pytest.importorskip("pydicom")
 IDENTITY_HU = IntensityMapping(method="identity", unit="HU", in_low=0.0, in_high=1.0, out_low=0.0, out_high=1.0)
 
-# The standard frame of each plane as RAS columns i, j, k (io.meta.STANDARD_FRAMES gives them in LPS)
+# The standard frame of each plane as RAS columns i, j, k (meta.STANDARD_FRAMES gives them in LPS)
 AXIAL = np.stack([[-1, 0, 0], [0, -1, 0], [0, 0, 1]], axis=1).astype(float)  # i left, j posterior, k superior
 CORONAL = np.stack([[-1, 0, 0], [0, 0, -1], [0, -1, 0]], axis=1).astype(float)  # i left, j inferior, k posterior
 SAGITTAL = np.stack([[0, -1, 0], [0, 0, -1], [1, 0, 0]], axis=1).astype(float)  # i posterior, j inferior, k right

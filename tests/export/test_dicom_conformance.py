@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medgen_cli.export.images import export_item
-from medgen_cli.io.meta import IntensityMapping
+from medgen_cli.meta import IntensityMapping
 from medgen_cli.io.readers import Source, read_source
 from medgen_cli.io.store import Store, store_path
 
@@ -118,7 +118,7 @@ def test_dx_radiograph_stays_dx(real_data, tmp_path, synthetic):
 
 
 def test_secondary_capture_for_other_images(tmp_path):
-    from medgen_cli.io.meta import ImageMeta
+    from medgen_cli.meta import ImageMeta
 
     meta = ImageMeta(affine=np.diag([-0.5, -0.5, 1.0, 1.0]), modality="OT", subject="s9")
     (path,) = export_item(np.random.default_rng(0).uniform(0, 1, (12, 10)).astype(np.float32), meta, tmp_path, "ot", "dicom")

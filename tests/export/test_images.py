@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medgen_cli.export.images import FORMATS, SYNTHETIC_MARK, export_item, to_display, to_grey
-from medgen_cli.io.meta import LPS_TO_RAS, ImageMeta, IntensityMapping
+from medgen_cli.meta import LPS_TO_RAS, ImageMeta, IntensityMapping
 from medgen_cli.io.readers import Source, read_source
 from tests.export.helpers import CT_WINDOW, ct_item, sitk_affine
 

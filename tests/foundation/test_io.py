@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.io.readers import ReadError, Source, discover, read_source
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.io.writers import to_sitk, write_nifti, write_sitk

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from medgen_cli.artefacts import ArtefactWriter
 from medgen_cli.errors import UsageError
 from medgen_cli.inference import AutoencoderTiler, TilingOptions
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import EncodeSettings, EvaluateSettings, ExportSettings, TrainPriorSettings, load_settings
 from medgen_cli.steps import encode_latents, evaluate, export, sample, train_ae, train_prior

@@ -13,7 +13,7 @@ import pytest
 
 from medgen_cli.io.dicom import (describe_non_image, letters, orientation_from_letters, plan_series, read_headers,
                                  regular_grid)
-from medgen_cli.io.meta import LPS_TO_RAS
+from medgen_cli.meta import LPS_TO_RAS
 from medgen_cli.io.readers import ReadError, Source, discover, read_source, walk_files
 from tests.io.dicom_helpers import ramp, write_non_image, write_series
 

@@ -185,7 +185,7 @@ def _prep(root: str) -> str:
     writer = ArtefactWriter(out, "preprocessed", {"a": 1})
     writer.open()
     store = Store.create(writer.store_path("main"))
-    from medgen_cli.io.meta import ImageMeta
+    from medgen_cli.meta import ImageMeta
 
     store.write("x", np.ones((4, 4), np.float32), ImageMeta(subject="s"), dtype="float32")
     writer.commit({})
@@ -255,7 +255,7 @@ def test_a_commit_killed_before_its_manifest_reads_as_unfinished_and_the_same_ru
     out = f"{bucket_root()}/prep"
     writer = ArtefactWriter(out, "preprocessed", {"a": 1})
     writer.open()
-    from medgen_cli.io.meta import ImageMeta
+    from medgen_cli.meta import ImageMeta
 
     Store.create(writer.store_path("main")).write("x", np.full((4, 4), 2, np.float32), ImageMeta(), dtype="float32")
     write = fs.write_text

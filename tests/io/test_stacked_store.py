@@ -16,7 +16,7 @@ from medgen_cli.data import ItemDataset
 from medgen_cli.data.loader import make_loader
 from medgen_cli.errors import StepFailed
 from medgen_cli.io import stacked
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.io.store import DamagedStore, Store
 from medgen_cli.io.store import store_path
 from medgen_cli.steps import inspect as inspect_step

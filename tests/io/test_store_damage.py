@@ -13,7 +13,7 @@ from zarr.storage import LocalStore
 
 from medgen_cli.data import ItemDataset
 from medgen_cli.errors import StepFailed
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import DamagedStore, Store
 
 

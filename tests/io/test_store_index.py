@@ -15,7 +15,7 @@ from zarr.storage import LocalStore
 
 from medgen_cli.data import ItemDataset
 from medgen_cli.data.latents import LatentsDataset
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store
 
 N_ITEMS = 1000

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from medgen_cli.io.meta import IntensityMapping
+from medgen_cli.meta import IntensityMapping
 from medgen_cli.metrics import (
     diversity,
     frechet_distance,

@@ -10,7 +10,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.metrics import (
     MS_SSIM_WEIGHTS,
     codebook_perplexity,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medgen_cli.io.meta import ImageMeta, affine_from_geometry
+from medgen_cli.meta import ImageMeta, affine_from_geometry
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:

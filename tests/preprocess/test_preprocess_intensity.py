@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medgen_cli.io.meta import IntensityMapping
+from medgen_cli.meta import IntensityMapping
 from medgen_cli.preprocess import intensity as I
 
 

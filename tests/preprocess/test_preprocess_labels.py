@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medgen_cli.io.meta import LPS_TO_RAS, ImageMeta, affine_from_geometry
+from medgen_cli.meta import LPS_TO_RAS, ImageMeta, affine_from_geometry
 from medgen_cli.preprocess import labels as lab
 from medgen_cli.preprocess import spatial
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medgen_cli.io.meta import LPS_TO_RAS
+from medgen_cli.meta import LPS_TO_RAS
 from medgen_cli.preprocess import spatial as S
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from medgen_cli.artefacts import ArtefactError, ArtefactWriter, input_ref, require
 from medgen_cli.errors import UsageError
-from medgen_cli.io.meta import IntensityMapping
+from medgen_cli.meta import IntensityMapping
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.metrics import memorisation_check
 from medgen_cli.settings import load_settings
@@ -233,7 +233,7 @@ def test_errors_are_one_clear_sentence(tmp_path, trained):
 
 def test_pictures_of_slabs_show_only_the_view_across_the_thin_axis(tmp_path):
     """A 2D+T sequence (64x64x8) gets one view (across T), a cube three, a slice one."""
-    from medgen_cli.io.meta import ImageMeta
+    from medgen_cli.meta import ImageMeta
     from medgen_cli.steps.evaluate_pictures import _centre_views, pair_grid
 
     meta = ImageMeta(affine=np.diag([0.7, 0.7, 5.0, 1.0]))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medgen_cli.artefacts import require
 from medgen_cli.cli import app
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import PreprocessSettings, load_settings
 from medgen_cli.steps import preprocess

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medgen_cli.cli import app
-from medgen_cli.io.meta import LPS_TO_RAS
+from medgen_cli.meta import LPS_TO_RAS
 from medgen_cli.io.store import Store, store_path
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import torch
 
 from medgen_cli.artefacts import require
 from medgen_cli.errors import UsageError
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import SettingsError
 from medgen_cli.steps import sample

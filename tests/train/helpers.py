@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medgen_cli.artefacts import ArtefactWriter
-from medgen_cli.io.meta import ImageMeta, IntensityMapping
+from medgen_cli.meta import ImageMeta, IntensityMapping
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import load_settings
 from medgen_cli.settings.train import TrainAESettings

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medgen_cli.data import ItemDataset, data_range
-from medgen_cli.io.meta import IntensityMapping
+from medgen_cli.meta import IntensityMapping
 from medgen_cli.io.store import store_path
 from medgen_cli.models import build_autoencoder
 from medgen_cli.train.ae_task import AutoencoderTask

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from medgen_cli.io.meta import ImageMeta
+from medgen_cli.meta import ImageMeta
 from medgen_cli.viz.masks import label_colours, mask_overlay_grid, overlay_slices
 
 

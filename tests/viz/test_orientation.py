@@ -6,7 +6,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from medgen_cli.io.meta import LPS_TO_RAS, ImageMeta
+from medgen_cli.meta import LPS_TO_RAS, ImageMeta
 from medgen_cli.viz import display_plane, display_slice, orthogonal_views, plane_axis
 from medgen_cli.viz.images import CELL, DPI, HEADER
 from medgen_cli.viz.orientation import OPPOSITE
