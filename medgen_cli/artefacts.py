@@ -258,6 +258,23 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 
 
+def check_replaceable(out: Path | str, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace ``out`` (holding ``names``) unless it is a medgen artefact holding nothing but the files
+    its manifest lists, and ``overwrite`` was given."""
+    try:
+        manifest = read_manifest(out) if MANIFEST in names else None
+    except ArtefactError:
+        manifest = None  # a manifest.json of some other tool
+    if manifest is None:
+        raise ArtefactError(f"{out} exists and is not a medgen artefact; choose another output directory.")
+    if not overwrite:
+        raise ArtefactError(f"{out} already exists; pass --overwrite to replace it or choose another output directory.")
+    foreign = sorted(set(names) - set(manifest.files) - {MANIFEST, MARKER} - OS_LITTER)
+    if foreign:
+        raise ArtefactError(f"{out} holds files medgen did not write ({', '.join(foreign[:5])}), which --overwrite "
+                            "never deletes; move them out of it or choose another output directory.")
+
+
 class ArtefactWriter:
     """Create an artefact atomically, never touching what medgen did not make.
 
@@ -344,18 +361,7 @@ class ArtefactWriter:
         out = self.out
         if not os.path.lexists(out) or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
             return
-        try:
-            manifest = read_manifest(out) if out.is_dir() else None
-        except ArtefactError:
-            manifest = None  # a manifest.json of some other tool
-        if manifest is None:
-            raise ArtefactError(f"{out} exists and is not a medgen artefact; choose another output directory.")
-        if not self.overwrite:
-            raise ArtefactError(f"{out} already exists; pass --overwrite to replace it or choose another output directory.")
-        foreign = sorted(set(os.listdir(out)) - set(manifest.files) - {MANIFEST, MARKER} - OS_LITTER)
-        if foreign:
-            raise ArtefactError(f"{out} holds files medgen did not write ({', '.join(foreign[:5])}), which --overwrite "
-                                "never deletes; move them out of it or choose another output directory.")
+        check_replaceable(out, os.listdir(out) if out.is_dir() else [], self.overwrite)
 
     def open(self) -> Path:
         self.check_inputs()

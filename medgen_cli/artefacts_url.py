@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .artefacts import (
-    MANIFEST, MARKER, OS_LITTER, SETTINGS_FILE, ArtefactError, ArtefactWriter, InputRef, Kind, Manifest, _now,
-    _settings_yaml, marker_text, read_manifest,
+    MANIFEST, MARKER, SETTINGS_FILE, ArtefactError, ArtefactWriter, InputRef, Kind, Manifest, _now,
+    _settings_yaml, check_replaceable, marker_text, read_manifest,
 )
 from .io import fs
 from .safety import LockError, OutputLock
@@ -110,18 +110,7 @@ class UrlArtefactWriter(ArtefactWriter):
         names = fs.listdir(self.out)
         if not names or (MARKER in names and MANIFEST not in names):
             return
-        try:
-            manifest = read_manifest(self.out) if MANIFEST in names else None
-        except ArtefactError:
-            manifest = None
-        if manifest is None:
-            raise ArtefactError(f"{self.out} exists and is not a medgen artefact; choose another output directory.")
-        if not self.overwrite:
-            raise ArtefactError(f"{self.out} already exists; pass --overwrite to replace it or choose another output directory.")
-        foreign = sorted(set(names) - set(manifest.files) - {MANIFEST, MARKER} - OS_LITTER)
-        if foreign:
-            raise ArtefactError(f"{self.out} holds files medgen did not write ({', '.join(foreign[:5])}), which --overwrite "
-                                "never deletes; move them out of it or choose another output directory.")
+        check_replaceable(self.out, names, self.overwrite)
 
     def open(self) -> Path:
         self.check_inputs()
