@@ -1,7 +1,6 @@
-"""What the trainable steps (train-ae, train-prior) share around the generic `Trainer`.
+"""What the trainable steps (train-ae, train-prior) share around the generic `Trainer`
+(their runtime set-up, `training_runtime` and `seed_everything`, is in `medgen_cli.runtime`).
 
-- `training_runtime`: threads, device, precision and the torchrun process group for one run;
-- `seed_everything`: torch, numpy and Python seeds at once;
 - `open_on_main`: rank 0 opens the artefact's ``OUT.partial`` and tells the other ranks where it is;
 - `write_model`: ``model.safetensors`` + ``model.json`` (nothing pickled);
 - `finish_metrics`: the ``plots/losses.png`` of ``metrics.jsonl`` and its last validation record.
@@ -9,66 +8,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from ..artefacts import ArtefactWriter
 from ..errors import UsageError
+from ..runtime import seed_everything, training_runtime  # noqa: F401 - re-exported for the training steps
 from ..train import distributed as dist_utils
 from ..train.distributed import DistContext
 from ..train.metrics_log import read_metrics
 from ..train.checkpoint import write_atomic
-from ..train.allocator import tune_allocator
-from ..train.precision import Precision, resolve_precision, select_device, set_threads
-from ..train.threads import allow_adaptive
 
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and Python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-@contextlib.contextmanager
-def training_runtime(device_name: str, precision_name: str, threads: int = 0, cpu_bf16: bool = False,
-                     adaptive_threads: bool = False) -> Iterator[tuple[DistContext, torch.device, Precision]]:
-    """(ctx, device, precision) for one training run; the process group is destroyed on exit.
-
-    Args:
-        device_name: runtime.device (auto, cpu, cuda, mps).
-        precision_name: train.precision (auto, fp32, bf16, fp16).
-        threads: torch CPU threads (runtime.threads; 0 = torch's default).
-        cpu_bf16: precision auto may pick bf16 on CPUs with native bf16 (train-ae).
-        adaptive_threads: runtime.adaptive_threads (used only with threads 0; `medgen_cli.train.threads`).
-    """
-    try:
-        set_threads(threads)
-        allow_adaptive(adaptive_threads and threads == 0)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    tune_allocator()
-    try:
-        device = select_device(device_name, dist_utils.env_context().local_rank)
-        precision = resolve_precision(precision_name, device, cpu_bf16=cpu_bf16)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    ctx = dist_utils.setup(device)
-    try:
-        yield ctx, device, precision
-    finally:
-        dist_utils.cleanup(ctx)
 
 
 def open_on_main(ctx: DistContext, writer: ArtefactWriter | None) -> Path:

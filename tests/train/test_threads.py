@@ -140,7 +140,7 @@ def test_auto_only_when_asked_on_one_cpu_process(monkeypatch):
 
 
 def test_training_runtime_allows_adaptive_only_with_auto_threads():
-    from medgen_cli.steps._training import training_runtime
+    from medgen_cli.runtime import training_runtime
 
     before = torch.get_num_threads()
     try:
