@@ -1,4 +1,4 @@
-"""Samplers: token drawing, autoregressive and MaskGIT decoding loops, diffusion and flow samplers and their loop.
+"""Samplers: token drawing, autoregressive, MaskGIT and PixelCNN decoding loops, diffusion and flow samplers and their loop.
 
 Importing the package registers every diffusion / flow sampler (``ddpm``, ``ddim``, ``dpmpp_2m``,
 ``flow_euler``, ``flow_heun``) with ``make_sampler``.
@@ -9,8 +9,11 @@ from medgen_cli.sampling.diffusion import sample_diffusion
 from medgen_cli.sampling.dpm_solver import DPMSolverMultistepScheduler
 from medgen_cli.sampling.flow import FlowEulerScheduler, FlowHeunScheduler, resolution_shift, shift_time
 from medgen_cli.sampling.maskgit import maskgit_generate
+from medgen_cli.sampling.pixelcnn import pixelcnn_generate, two_level_generate
 from medgen_cli.sampling.registry import (
     Sampler,
+    deterministic_names,
+    family_clash,
     make_sampler,
     register_sampler,
     sampler_class,
@@ -28,11 +31,14 @@ __all__ = [
     "FlowHeunScheduler",
     "NoiseSchedule",
     "Sampler",
+    "deterministic_names",
+    "family_clash",
     "filter_logits",
     "generate",
     "make_sampler",
     "make_scheduler",
     "maskgit_generate",
+    "pixelcnn_generate",
     "register_sampler",
     "resolution_shift",
     "sample_diffusion",
@@ -41,4 +47,5 @@ __all__ = [
     "sampler_family",
     "sampler_names",
     "shift_time",
+    "two_level_generate",
 ]

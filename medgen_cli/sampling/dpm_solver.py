@@ -48,6 +48,8 @@ class DPMSolverMultistepScheduler(_DiffusionScheduler):
         Other arguments: see ``DDIMScheduler`` (the prior's stored scheduler config fits as it is).
     """
 
+    takes_eta = False  # deterministic: eta 0 only
+
     def __init__(self, *args: Any, solver_order: int = 2, final_step_first_order: bool = True, **kwargs: Any) -> None:
         if solver_order not in SOLVER_ORDERS:
             raise ValueError(f"solver_order must be one of {SOLVER_ORDERS}, got {solver_order!r}")

@@ -6,6 +6,10 @@ from :class:`Sampler` and belongs to a ``family``, which fixes what the denoiser
 - ``diffusion``: discrete DDPM noise schedule, model output ε, v or x_0 (``ddpm``, ``ddim``, ``dpmpp_2m``);
 - ``flow``: rectified flow on straight paths, model output the velocity (``flow_euler``, ``flow_heun``).
 
+Each class also declares ``takes_eta``: whether its steps take a stochasticity ``eta`` (ddim, ddpm) or
+are deterministic and take eta 0 only (dpmpp_2m, the flow samplers); settings derive their sampler
+lists from ``sampler_names(family)`` and ``deterministic_names()``.
+
 Samplers of one family share one config: a prior stores its training scheduler's ``config()`` once and
 ``make_sampler(name, **config)`` builds any sampler of that family from it (timm's
 ``register_model`` / ``create_model`` is the model for the registry).
@@ -39,6 +43,7 @@ class Sampler:
 
     family: ClassVar[str] = ""
     registry_name: ClassVar[str] = ""
+    takes_eta: ClassVar[bool] = False  # stochastic steps with a DDIM-style eta; else deterministic (eta 0 only)
 
     def config(self) -> dict[str, Any]:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
@@ -104,6 +109,20 @@ def sampler_class(name: str) -> type[Sampler]:
 def sampler_family(name: str) -> str:
     """``diffusion`` or ``flow``: the kind of prior the sampler ``name`` can run."""
     return sampler_class(name).family
+
+
+def deterministic_names() -> tuple[str, ...]:
+    """The registered samplers that take no eta (eta 0 only), sorted."""
+    return tuple(n for n in sampler_names() if not _REGISTRY[n].takes_eta)
+
+
+def family_clash(name: str, family: str) -> str | None:
+    """None when sampler ``name`` runs a prior trained with ``family``, else the clause saying what would."""
+    own = sampler_family(name)
+    if own == family:
+        return None
+    *rest, last = sampler_names(family)
+    return f"{name} is a {own} sampler, and a {family} prior takes {', '.join(rest)} or {last}"
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:

@@ -79,6 +79,7 @@ class _DiffusionScheduler(Sampler):
     """Shared by DDPM, DDIM and DPM-Solver++: forward process, parameterisations, timesteps and config."""
 
     family = "diffusion"
+    takes_eta = True
 
     def __init__(
         self,

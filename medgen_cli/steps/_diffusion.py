@@ -1,8 +1,10 @@
 """Latent diffusion and flow priors in ``train-prior`` and ``sample`` (``prior.kind = diffusion``).
 
-Orchestration only; the pieces live elsewhere: the denoiser `UNetPrior` (``models/priors/unet.py``),
-the samplers, their registry and the sampling loop (``sampling/``), the loss and the two-tier
-validation (``train/diffusion_task.py``), the continuous view of stored latents (``data/latents.py``).
+Orchestration only (the data side of the kind); the pieces live elsewhere: the kind's registry entry
+(``priors/diffusion.py``: the `UNetPrior` and its loss from the settings, the training scheduler, the
+sampling options and `sample_latents`), the samplers, their registry and the sampling loop
+(``sampling/``), the loss and the two-tier validation (``train/diffusion_task.py``), the continuous view
+of stored latents (``data/latents.py``, ``loaders/latents.py``).
 
 - Training data: KL latents as stored (already times ``latent_scale``); VQ codes as their codebook
   vectors scaled to unit std (the scale is computed from the training codes and written to
@@ -18,17 +20,17 @@ validation (``train/diffusion_task.py``), the continuous view of stored latents 
   label values, one channel each, see ``steps/_mask_condition.py``), a spacing-conditioned one ``spacing``
   (the log-spacing normalisation and range, see ``steps/_spacing_condition.py``). A prior written before flow priors existed
   has no ``objective``: it is a diffusion prior and samples exactly as before.
-- Sampling: `sample_latents` builds the sampler with ``make_sampler(name, **config)`` (ddim, ddpm,
-  dpmpp_2m for diffusion priors; flow_euler, flow_heun for flow priors; a sampler of the other family
-  is refused), runs it with classifier-free guidance and returns latents in the autoencoder's units
-  for VQ (``decode_latents`` snaps them to the codebook) and in stored units for KL (divided by
-  ``latent_scale`` when decoded), as ``sample`` expects.
+- Sampling (``priors/diffusion.py``): `sample_latents` builds the sampler with ``make_sampler(name,
+  **config)`` (ddim, ddpm, dpmpp_2m for diffusion priors; flow_euler, flow_heun for flow priors; a
+  sampler of the other family is refused), runs it with classifier-free guidance and returns latents in
+  the autoencoder's units for VQ (``decode_latents`` snaps them to the codebook) and in stored units for
+  KL (divided by ``latent_scale`` when decoded), as ``sample`` expects. Here: the condition latents'
+  codecs and channels of a conditional prior (`condition_codecs`, `prepare_conditions`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +42,14 @@ from ..data.latents import ContinuousLatentsDataset, LatentCodec, condition_chan
 from ..errors import UsageError
 from ..io.store import Store, store_path
 from ..metrics.image import resolve_data_range
-from ..sampling import DDIMScheduler, FlowEulerScheduler, Sampler, make_sampler, sample_diffusion
-from ..settings.prior import DETERMINISTIC_SAMPLERS, SamplerSettings, TrainPriorSettings, wrong_family
-from ..train.diffusion_task import DiffusionLoss, SampleCheck
+from ..loaders.latents import Latents, latent_codec, latents_lineage
+from ..loaders.prior import PriorRecord
+from ..priors.diffusion import training_scheduler
+from ..settings.prior import TrainPriorSettings
+from ..train.diffusion_task import SampleCheck
 from ._load import load_autoencoder
 from ._mask_condition import TrainingMasks, training_masks
 from ._spacing_condition import TrainingSpacing, training_spacing
-from ._priors import Latents, build_prior, latent_codec, latents_lineage
 
 log = logging.getLogger(__name__)
 
@@ -95,44 +98,27 @@ def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) ->
             raise UsageError(f"{cond.path} holds {cond.grid_shape or 'variable'} grids, but a diffusion prior "
                              f"concatenates condition latents as channels of the {len(grid)}D grid {grid}; "
                              "condition on latents of the same rank and a fixed shape.")
-    ae = None
-    if lat.summary.get("is_vq") and not lat.is_vqvae2:
-        ae, _ = load_autoencoder(latents_lineage(lat.path).autoencoder)
+    ae = _autoencoder(lat)
     split = settings.data.train_split
     codec = latent_codec(lat, split=split, autoencoder=ae)
-    return DiffusionData(codec, [latent_codec(c, split=split) for c in conds], ae, training_masks(settings, lat),
+    return DiffusionData(codec, [_codec(c, split=split) for c in conds], ae, training_masks(settings, lat),
                          training_spacing(settings, lat))
 
 
-def _cond_channels(conds: list[Latents]) -> int:
-    return sum(int(c.summary["latent_channels"]) * c.items_per_subject for c in conds)
+def _autoencoder(lat: Latents) -> nn.Module | None:
+    """The autoencoder behind VQ codes of one level (their codebook makes them continuous), else None."""
+    if lat.summary.get("is_vq") and not lat.is_vqvae2:
+        return load_autoencoder(latents_lineage(lat.path).autoencoder)[0]
+    return None
 
 
-def build(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None,
-          extra_channels: int = 0) -> tuple[nn.Module, DiffusionLoss]:
-    """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject; label maps
-    and spacing add ``extra_channels`` condition channels after those of the condition latents)."""
-    d = settings.diffusion
-    unet = build_prior("diffusion", dict(
-        spatial_dims=len(lat.grid_shape), in_channels=int(lat.summary["latent_channels"]), base_channels=d.base_channels,
-        channel_mults=list(d.channel_mults), num_res_blocks=d.num_res_blocks, attention_levels=list(d.attention_levels),
-        mid_attention=d.mid_attention, num_heads=d.num_heads, dropout=d.dropout, num_groups=d.num_groups,
-        cond_channels=_cond_channels(conds) + extra_channels, num_classes=num_classes))
-    return unet, DiffusionLoss(training_scheduler(settings, lat.grid_shape), d.p_uncond, d.min_snr_gamma)
-
-
-def training_scheduler(settings: TrainPriorSettings, grid_shape: list[int]) -> Sampler:
-    """The scheduler the prior trains with: DDIM's (a DDPM noise schedule) or rectified flow's, sized by the grid."""
-    d = settings.diffusion
-    if d.objective == "flow":
-        return FlowEulerScheduler(**d.flow_scheduler_args(math.prod(grid_shape)))
-    return DDIMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
-                         beta_end=d.beta_end, prediction_type=d.prediction)
+def _codec(lat: Latents, scale: float | None = None, split: str | None = None) -> LatentCodec:
+    return latent_codec(lat, scale=scale, split=split, autoencoder=_autoencoder(lat))
 
 
 def scheduler_config(settings: TrainPriorSettings, grid_shape: list[int]) -> dict[str, Any]:
     """The stored config of the training scheduler: ``make_sampler(name, **config)`` for any sampler of its family."""
-    return training_scheduler(settings, grid_shape).config()
+    return training_scheduler(settings.diffusion, grid_shape).config()
 
 
 def sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], data: DiffusionData, val,
@@ -190,71 +176,12 @@ def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, 
 
 
 # ------------------------------------------------------------------------------------ sampling
-def objective(info: dict[str, Any]) -> str:
-    """``diffusion`` or ``flow``: what the prior of ``model.json`` ``info`` learnt (older priors: diffusion)."""
-    return info["diffusion"].get("objective", "diffusion")
-
-
-def sampling_options(info: dict[str, Any], s: SamplerSettings, prior: str) -> dict[str, Any]:
-    """The prior's sampling defaults overridden by the options given; refuses what cannot apply."""
-    if s.token_options():
-        raise UsageError(f"{prior} is a diffusion prior; --{s.token_options()[0].replace('_', '-')} applies to token "
-                         "priors only (diffusion takes --sampler, --steps, --eta, --guidance-scale).")
-    given = s.diffusion_options()
-    options = {**info["sampling"], **given}
-    name, kind = options["scheduler"], objective(info)
-    clash = wrong_family(name, kind)
-    if clash:
-        raise UsageError(f"--sampler {name} cannot sample {prior}: {clash}.")
-    if name in DETERMINISTIC_SAMPLERS:  # the prior's default eta is DDIM's; these solvers take 0 only
-        if given.get("eta"):
-            raise UsageError(f"--eta {given['eta']:g} applies to the ddim sampler only; {name} is deterministic and takes eta 0.")
-        options["eta"] = 0.0
-    T = info["diffusion"]["scheduler"].get("num_train_timesteps")
-    if kind == "diffusion" and options["steps"] > T:
-        raise UsageError(f"--steps {options['steps']} exceeds the {T} diffusion steps {prior} was trained with.")
-    conditional = bool(info.get("conditions") or info.get("classes") or info.get("masks") or info.get("spacing"))
-    if options["guidance_scale"] != 1.0:
-        if not conditional:
-            raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} is unconditional; "
-                             "guidance needs a prior conditioned on latents, labels, masks or spacing.")
-        if not info["diffusion"]["p_uncond"]:
-            raise UsageError(f"--guidance-scale {options['guidance_scale']:g}: {prior} was trained with "
-                             "diffusion.p_uncond = 0, so it has no unconditional model to guide against.")
-    return options
-
-
-def condition_codecs(info: dict[str, Any], conds: list[Latents]) -> list[LatentCodec]:
+def condition_codecs(record: PriorRecord, conds: list[Latents]) -> list[LatentCodec]:
     """One codec per condition item of a subject (views in order), with the scales of training."""
-    codecs = [latent_codec(c, scale=t["scale"]) for c, t in zip(conds, info["condition_latents"])]
-    return [codec for codec, t in zip(codecs, info["conditions"]) for _ in range(t["items_per_subject"])]
+    codecs = [_codec(c, scale=t["scale"]) for c, t in zip(conds, record.condition_latents)]
+    return [codec for codec, t in zip(codecs, record.conditions) for _ in range(t.items_per_subject)]
 
 
-def prepare_conditions(info: dict[str, Any], codecs: list[LatentCodec], grids: list[Tensor]) -> list[Tensor]:
+def prepare_conditions(record: PriorRecord, codecs: list[LatentCodec], grids: list[Tensor]) -> list[Tensor]:
     """One subject's condition grids (1, *g) each -> ``[(1, C_cond, *grid)]``, as the prior was trained."""
-    return [condition_channels(grids, codecs, info["grid_shape"])]
-
-
-def make_prior_sampler(info: dict[str, Any], name: str) -> Sampler:
-    """The sampler ``name`` built from the prior's stored scheduler config (DPM-Solver++ with its own
-    ``trailing`` spacing: the others evaluate at t = 0, where its 2M extrapolation overshoots)."""
-    config = dict(info["diffusion"]["scheduler"])
-    if name == "dpmpp_2m":
-        config.pop("timestep_spacing", None)
-    return make_sampler(name, **config)
-
-
-def sample_latents(model: nn.Module, info: dict[str, Any], n: int, cond: list[Tensor] | None, labels: Tensor | None,
-                   options: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
-    """Draw ``n`` latents: autoencoder units for VQ latents, stored units (times latent_scale) for KL."""
-    scheduler = make_prior_sampler(info, options["scheduler"])
-    kwargs = {}
-    if cond:
-        kwargs["cond"] = cond[0]
-    if labels is not None:
-        kwargs["labels"] = labels
-    device = next(model.parameters()).device
-    shape = (n, info["latent"]["channels"], *info["grid_shape"])
-    x = sample_diffusion(model, scheduler, shape, cond=kwargs, guidance_scale=options["guidance_scale"],
-                         num_inference_steps=options["steps"], eta=options["eta"], generator=generator, device=device)
-    return {"main": x / info["latent"]["scale"] if info["latent"]["is_vq"] else x}
+    return [condition_channels(grids, codecs, record.grid_shape)]

@@ -37,9 +37,11 @@ from ..safety import normal_path
 from ..io.masks import MASK_STORE, mask_store_name
 from ..meta import ImageMeta
 from ..io.store import DamagedStore, Store, store_path
-from ..settings.prior import SampleSettings, TrainPriorSettings
+from ..settings.prior import TrainPriorSettings
+from ..settings.sample import SampleSettings
 from ._preprocess_masks import LABEL_MAPPING, with_counts
-from ._priors import Latents, latents_lineage
+from ..loaders.latents import Latents, latents_lineage
+from ..loaders.prior import PriorRecord
 
 
 @dataclass
@@ -141,9 +143,9 @@ class SampleMasks:
         return MaskWriter(self.store, Store.create(store_path(stores, MASK_STORE), name=MASK_STORE))
 
 
-def sample_masks(settings: SampleSettings, info: dict[str, Any], device: torch.device) -> SampleMasks:
+def sample_masks(settings: SampleSettings, record: PriorRecord, device: torch.device) -> SampleMasks:
     """The mask jobs of ``--condition PREP``; refuses a missing artefact, a wrong grid or an unseen label."""
-    c, trained = settings.condition, info["masks"]
+    c, trained = settings.condition, record.masks
     if len(c.paths) != 1:
         raise UsageError(f"{settings.prior} is conditioned on label maps; pass --condition PREP, one preprocessed "
                          "artefact with a masks store (e.g. preprocess --masks), to draw images for its masks.")
@@ -155,13 +157,13 @@ def sample_masks(settings: SampleSettings, info: dict[str, Any], device: torch.d
         where = f"of subject {c.subject!r}" if c.subject is not None else f"in split {c.split!r}" if c.split else ""
         raise UsageError(f"{store.path} has no mask {where}; check --subject, condition.split and --condition.")
     channels = MaskChannels(store, trained["labels"], trained["factor"])
-    want = [g * f for g, f in zip(info["grid_shape"], trained["factor"])]
+    want = [g * f for g, f in zip(record.grid_shape, trained["factor"])]
     jobs = []
     for item in ids:
         shape = list(store.array(item).shape)
         if shape != want:
             raise UsageError(f"the mask {item!r} of {store.path} is {shape}, but {settings.prior} draws {want} images "
-                             f"(latent grid {info['grid_shape']} times {trained['factor']}); preprocess the masks "
+                             f"(latent grid {record.grid_shape} times {trained['factor']}); preprocess the masks "
                              "with the training data's --shape/--fit.")
         unseen = sorted(set(label_values(store, [item])) - set(trained["labels"]))
         if unseen:

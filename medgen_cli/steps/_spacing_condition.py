@@ -30,8 +30,10 @@ from torch import Tensor
 from ..data.spacing import SpacingChannels, image_spacing
 from ..errors import UsageError
 from ..meta import ImageMeta
-from ..settings.prior import SampleSettings, TrainPriorSettings
-from ._priors import Latents
+from ..settings.prior import TrainPriorSettings
+from ..settings.sample import SampleSettings
+from ..loaders.latents import Latents
+from ..loaders.prior import PriorRecord
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +122,20 @@ class SampleSpacing:
         return [torch.cat([cond[0], channels], dim=1)] if cond else [channels]
 
 
-def sample_spacing(settings: SampleSettings, info: dict[str, Any], conditional: bool) -> SampleSpacing | None:
+def sample_spacing(settings: SampleSettings, record: PriorRecord, conditional: bool) -> SampleSpacing | None:
     """The spacing of ``medgen sample`` (None for priors trained without it); refuses a spacing that cannot apply.
 
     Args:
         settings: the sample settings (``condition.spacing``).
-        info: the prior's ``model.json``.
+        record: the prior's ``model.json``.
         conditional: the prior draws for condition items (masks or condition latents), which fix the spacing.
     """
     given = settings.condition.spacing
-    if not info.get("spacing"):
+    if not record.spacing:
         if given is not None:
             raise UsageError(f"{settings.prior} was trained without condition.spacing; drop condition.spacing.")
         return None
-    channels = SpacingChannels.from_info(info["spacing"])
+    channels = SpacingChannels.from_info(record.spacing)
     if given is not None:
         if conditional:
             raise UsageError(f"{settings.prior} draws for condition items, whose own spacing conditions the samples; "
@@ -142,4 +144,4 @@ def sample_spacing(settings: SampleSettings, info: dict[str, Any], conditional: 
             raise UsageError(f"condition.spacing = {given} gives {len(given)} value(s), but {settings.prior} takes "
                              f"{channels.channels} (one per axis of its {channels.channels}D grid, in mm).")
     requested = [float(v) for v in given] if given is not None else list(channels.median)
-    return SampleSpacing(channels, requested, [int(g) for g in info["grid_shape"]])
+    return SampleSpacing(channels, requested, [int(g) for g in record.grid_shape])

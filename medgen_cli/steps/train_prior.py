@@ -2,8 +2,9 @@
 
 Orchestration only: read the latents (and condition latents joined by item id or by subject,
 ``condition.join``), build the prior of
-``prior.kind`` (`BUILDERS`: kind -> model and loss), run the generic `Trainer` with the `PriorTask`
-(a `DiffusionTask` for diffusion priors, see ``steps/_diffusion.py``), and write the artefact::
+``prior.kind`` and its loss through the prior registry (``medgen_cli.priors``), run the generic
+`Trainer` with the `PriorTask` (a `DiffusionTask` for priors over continuous latents, see
+``steps/_diffusion.py``), and write the artefact::
 
     prior/  manifest.json  settings.yaml
             model.safetensors  final weights (best validation loss or last; EMA weights if enabled)
@@ -37,13 +38,16 @@ from ..data.latents import LatentsDataset, resolve_join
 from ..errors import UsageError
 from ..io import fs
 from ..io.store import store_path
+from ..loaders.latents import Latents, open_latents
+from ..loaders.prior import PriorRecord
+from ..priors import prior_kind
+from ..priors.tokens import require_codes
 from ..settings.prior import TrainPriorSettings
 from ..train import distributed as dist_utils
 from ..train.diffusion_task import DiffusionTask
 from ..train.loop import Trainer
-from ..train.prior_task import LOSSES, LossFn, PriorObjective, PriorTask
+from ..train.prior_task import PriorObjective, PriorTask
 from . import _diffusion
-from ._priors import Latents, build_prior, open_latents, prior_config
 from ._training import data_loaders, finish_metrics, open_on_main, seed_everything, training_runtime, write_model
 
 log = logging.getLogger(__name__)
@@ -68,52 +72,6 @@ class TrainPriorResult:
     model: nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
-
-
-def _require_codes(lat: Latents, kind: str, what: str = "training data") -> None:
-    if not lat.summary.get("is_vq"):
-        raise UsageError(f"{lat.path} holds continuous {lat.summary.get('ae_kind', 'KL')} latents, but a {kind} prior "
-                         f"needs VQ codes as {what}; encode with a vqvae, vqgan or vqvae2 autoencoder.")
-    if lat.grid_shape is None:
-        raise UsageError(f"the items of {lat.path} ({lat.store_name}) have code grids of different shapes; "
-                         "a prior needs one grid, so preprocess with a fixed --shape.")
-
-
-# ------------------------------------------------------------------------------- models by kind
-Builder = Callable[[TrainPriorSettings, Latents, list[Latents], "int | None"], tuple[nn.Module, LossFn]]
-
-
-def _transformer(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None):
-    p, sources = settings.prior, _cond_sources(conds)
-    _require_codes(lat, p.kind)
-    if lat.is_vqvae2:
-        raise UsageError(f"{lat.path} holds vqvae2 codes (a top and a bottom grid); model them with prior.kind pixelcnn.")
-    common = dict(num_embeddings=lat.num_embeddings, grid_shape=lat.grid_shape, dim=p.dim, depth=p.depth,
-                  num_heads=p.num_heads, mlp_ratio=p.mlp_ratio, dropout=p.dropout, cond_sources=sources,
-                  num_classes=num_classes)
-    if p.kind == "transformer":
-        common.update(ordering=p.ordering, ordering_seed=p.ordering_seed)
-    return build_prior(p.kind, common), LOSSES[p.kind]
-
-
-def _pixelcnn(settings: TrainPriorSettings, lat: Latents, conds: list[Latents], num_classes: int | None):
-    p = settings.prior
-    _require_codes(lat, p.kind)
-    if len(lat.grid_shape) != 2:
-        raise UsageError(f"{lat.path} holds {len(lat.grid_shape)}D code grids {lat.grid_shape}, but prior.kind pixelcnn "
-                         "models 2D grids only; use transformer or maskgit.")
-    common = dict(num_embeddings=lat.num_embeddings, hidden_channels=p.hidden_channels, num_layers=p.num_layers,
-                  kernel_size=p.kernel_size, dropout=p.dropout, num_classes=num_classes, num_heads=p.num_heads)
-    if not lat.is_vqvae2:
-        return build_prior("pixelcnn", {**common, "attention_layers": list(p.attention_layers or ())}), LOSSES["pixelcnn"]
-    every_fourth = [i for i in range(p.num_layers) if i % 4 == 3] or [p.num_layers - 1]
-    top = {**common, "attention_layers": list(p.attention_layers) if p.attention_layers is not None else every_fourth}
-    bottom = {**common, "attention_layers": [], "cond_num_embeddings": lat.num_embeddings}
-    return build_prior("pixelcnn", {"top": top, "bottom": bottom}), LOSSES["pixelcnn"]
-
-
-BUILDERS: dict[str, Builder] = {"transformer": _transformer, "maskgit": _transformer, "pixelcnn": _pixelcnn,
-                                "diffusion": _diffusion.build}
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -192,12 +150,6 @@ def _sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latent
     return check
 
 
-def _cond_sources(conds: list[Latents]) -> list[dict[str, Any]]:
-    """One prefix source per condition item of a subject (views get their own positions)."""
-    return [{"num_embeddings": c.num_embeddings, "grid_shape": list(c.grid_shape)}
-            for c in conds for _ in range(c.items_per_subject)]
-
-
 # -------------------------------------------------------------------------------------------- run
 def run(settings: TrainPriorSettings, out: Path | str, *, overwrite: bool = False, resume: bool = False,
         progress: Callable[[int, int, str], None] | None = None) -> TrainPriorResult:
@@ -219,12 +171,13 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     d = settings.data
     if not d.path:
         raise UsageError("no latents given; pass --latents DIR (an encode-latents artefact) or set data.path.")
+    kind = prior_kind(settings.prior.kind)
     lat = open_latents(d.path, "latents", d.store)
     conds = [open_latents(p, "condition", settings.condition.store) for p in settings.condition.paths]
-    diffusion = _diffusion.prepare(settings, lat, conds) if settings.prior.kind == "diffusion" else None
-    if diffusion is None:  # token priors read condition codes as a prefix
+    diffusion = None if kind.token else _diffusion.prepare(settings, lat, conds)  # continuous latents: codecs
+    if kind.token:  # token priors read condition codes as a prefix
         for cond in conds:
-            _require_codes(cond, settings.prior.kind, what="condition")
+            require_codes(cond, kind.name, what="condition")
     if lat.is_vqvae2 and d.store != "main":
         raise UsageError(f"data.store = {d.store!r}: for vqvae2 latents train on main (the top store is read with it).")
     classes = _classes(settings, lat)
@@ -234,7 +187,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     seed_everything(settings.runtime.seed)  # identical initial weights on every rank
     try:
         extra = (diffusion.extra_channels,) if diffusion is not None else ()  # label-map and spacing channels
-        prior, loss_fn = BUILDERS[settings.prior.kind](settings, lat, conds, len(classes) or None, *extra)
+        prior, loss_fn = kind.build(settings, lat, conds, len(classes) or None, *extra)
     except UsageError:
         raise
     except ValueError as err:  # a model constructor refused its arguments
@@ -260,14 +213,16 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     state = trainer.fit()
 
     weights, chosen_step = trainer.final_weights()
-    final = PriorObjective(build_prior(settings.prior.kind, prior_config(prior)), loss_fn)
+    final = PriorObjective(kind.rebuild(prior.config()), loss_fn)
     final.load_state_dict(weights)
     final = final.prior.eval()
     result = TrainPriorResult(out=out, model=final, rank=ctx.rank)
     if ctx.is_main:
-        result.info = _model_info(settings, lat, conds, classes, final, chosen_step, join)
+        info = _model_info(settings, lat, conds, classes, final, chosen_step, join)
         if diffusion is not None:
-            result.info.update(_diffusion.model_info(settings, diffusion, lat, conds))
+            info.update(_diffusion.model_info(settings, diffusion, lat, conds))
+        PriorRecord.model_validate(info)  # what load_prior reads back: a typed record (raises on a missing key)
+        result.info = info
         write_model(partial, final.state_dict(), result.info)
         last_val = finish_metrics(partial)
         result.summary = _summary(settings, lat, conds, classes, diffusion, join, state, chosen_step, final) | {
@@ -315,7 +270,7 @@ def _model_info(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]
                 final: nn.Module, step: int, join: str | None) -> dict[str, Any]:
     return {
         "kind": settings.prior.kind,
-        "config": prior_config(final),
+        "config": final.config(),
         "latents": lat.summary,
         "latents_path": lat.ref.path,  # resolved (or a normalised URL)
         "store": lat.store_name,

@@ -2,10 +2,10 @@
 
 A prior and its loss are wrapped in one module, `PriorObjective`, whose ``forward(batch)`` returns
 the loss terms: the forward pass that DistributedDataParallel must see is then the one the loss
-runs. The loss of each prior kind is a plain function ``loss_fn(prior, batch, generator)``
-(`LOSSES`): cross-entropy in nats as ``loss`` and ``bits_per_token``; the MaskGIT loss masks
-positions at random (from ``generator`` when given). A VQ-VAE-2 prior is a ``ModuleDict`` of a top
-and a bottom PixelCNN (the bottom one conditioned on the top codes): its loss is the sum of both,
+runs. The loss of each prior kind is a plain function ``loss_fn(prior, batch, generator)`` (the
+prior registry, ``medgen_cli.priors``, names each kind's): cross-entropy in nats as ``loss`` and
+``bits_per_token``; the MaskGIT loss masks positions at random (from ``generator`` when given). A VQ-VAE-2 prior is a `TwoLevelPixelCNN` (a
+top and a bottom PixelCNN, the bottom one conditioned on the top codes): its loss is the sum of both,
 and bits per token are averaged over all tokens of both levels.
 
 Validation scores loss and bits per token over the validation items; randomness (MaskGIT's masks)
@@ -40,19 +40,10 @@ def maskgit_loss(prior: nn.Module, batch: dict[str, Any], generator: torch.Gener
 
 
 def pixelcnn_loss(prior: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Cross-entropy of a `GatedPixelCNN`, or of a VQ-VAE-2 ``{"top", "bottom"}`` pair of them."""
-    labels = batch.get("label")
+    """Cross-entropy of a `GatedPixelCNN`, or of a VQ-VAE-2 `TwoLevelPixelCNN` given the batch's top codes."""
     if "top" not in batch:
-        return prior.loss(batch["codes"], labels=labels)
-    top = prior["top"].loss(batch["top"], labels=labels)
-    bottom = prior["bottom"].loss(batch["codes"], condition=batch["top"], labels=labels)
-    n_top, n_bottom = batch["top"][0].numel(), batch["codes"][0].numel()
-    bits = (top["bits_per_token"] * n_top + bottom["bits_per_token"] * n_bottom) / (n_top + n_bottom)
-    return {"loss": top["loss"] + bottom["loss"], "bits_per_token": bits,
-            "bits_per_token_top": top["bits_per_token"], "bits_per_token_bottom": bottom["bits_per_token"]}
-
-
-LOSSES: dict[str, LossFn] = {"transformer": transformer_loss, "maskgit": maskgit_loss, "pixelcnn": pixelcnn_loss}
+        return prior.loss(batch["codes"], labels=batch.get("label"))
+    return prior.loss(batch["codes"], batch["top"], labels=batch.get("label"))
 
 
 class PriorObjective(nn.Module):

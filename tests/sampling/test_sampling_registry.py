@@ -138,3 +138,14 @@ def test_a_seed_reproduces_the_samples(name):
     a, b, c = draw(7), draw(7), draw(8)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert torch.isfinite(a).all()
+
+
+def test_sampler_families_and_eta_come_from_the_classes():
+    from medgen_cli.sampling import deterministic_names, family_clash
+    from medgen_cli.settings.diffusion import DETERMINISTIC_SAMPLERS, SamplerName
+
+    assert DETERMINISTIC_SAMPLERS == deterministic_names() == ("dpmpp_2m", "flow_euler", "flow_heun")
+    assert [n for n in sampler_names() if sampler_class(n).takes_eta] == ["ddim", "ddpm"]
+    assert SamplerName.__args__ == sampler_names()
+    assert family_clash("ddim", "diffusion") is None
+    assert family_clash("ddim", "flow") == "ddim is a diffusion sampler, and a flow prior takes flow_euler or flow_heun"

@@ -23,9 +23,10 @@ from medgen_cli.sampling import (
     sampler_names,
 )
 from medgen_cli.settings import SampleSettings, SettingsError, TrainPriorSettings, load_settings
-from medgen_cli.settings.prior import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
-from medgen_cli.steps import _diffusion, sample, train_prior
-from medgen_cli.steps._priors import load_prior
+from medgen_cli.settings.diffusion import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
+from medgen_cli.priors import diffusion as _diffusion
+from medgen_cli.steps import sample, train_prior
+from medgen_cli.loaders.prior import load_prior
 from medgen_cli.train.diffusion_task import DiffusionLoss
 
 from tests.steps.conftest import sample_settings

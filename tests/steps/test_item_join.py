@@ -4,7 +4,7 @@ priors train and sample per condition item, evaluate pairs per item, and a bad e
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,9 @@ from medgen_cli.cli import app
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import EvaluateSettings, PreprocessSettings, TrainAESettings, load_settings
 from medgen_cli.steps import encode_latents, evaluate, preprocess, sample, train_ae, train_prior
-from medgen_cli.steps._priors import load_prior
+from medgen_cli.loaders.prior import load_prior
+from medgen_cli.priors import prior_kind
+from medgen_cli.priors import registry as prior_registry
 
 from tests.conftest import sphere_phantom, write_nifti
 from tests.steps.conftest import encode_settings, prior_settings, sample_settings
@@ -93,13 +95,13 @@ def seqs(tmp_path_factory) -> Sequences:
 def _record_conditions(monkeypatch, kind: str) -> list[tuple[torch.Tensor, int]]:
     """Wrap the sampler of ``kind`` so that each batch's first condition tensor is recorded."""
     seen: list[tuple[torch.Tensor, int]] = []
-    original = sample.SAMPLERS[kind]
+    original = prior_kind(kind).sample
 
     def recording(model, info, n, cond, labels, s, generator):
         seen.append((cond[0].clone(), n))
         return original(model, info, n, cond, labels, s, generator)
 
-    monkeypatch.setitem(sample.SAMPLERS, kind, recording)
+    monkeypatch.setitem(prior_registry._REGISTRY, kind, replace(prior_kind(kind), sample=recording))
     return seen
 
 

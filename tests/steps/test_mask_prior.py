@@ -21,7 +21,7 @@ from medgen_cli.models.priors import UNetPrior
 from medgen_cli.sampling import DDIMScheduler, make_sampler, sample_diffusion
 from medgen_cli.settings import SettingsError, TrainPriorSettings, load_settings
 from medgen_cli.steps import evaluate_masks, train_prior
-from medgen_cli.steps._priors import load_prior
+from medgen_cli.loaders.prior import load_prior
 from medgen_cli.train.diffusion_task import DiffusionLoss
 from tests.conftest import write_nifti
 from tests.steps.test_diffusion_prior import TINY_UNET, diffusion_settings

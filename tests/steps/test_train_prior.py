@@ -9,7 +9,7 @@ from medgen_cli.artefacts import ArtefactError, require
 from medgen_cli.errors import UsageError
 from medgen_cli.settings import SettingsError
 from medgen_cli.steps import encode_latents, train_prior
-from medgen_cli.steps._priors import load_prior
+from medgen_cli.loaders.prior import load_prior
 
 from tests.steps.conftest import encode_settings, prior_settings
 from tests.train.helpers import make_prep

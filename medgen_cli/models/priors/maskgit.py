@@ -10,15 +10,15 @@ Tokens are in raster order: ``grid_to_tokens`` / ``tokens_to_grid`` flatten and 
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medgen_cli.models.priors.config import MaskGITPriorConfig
 from medgen_cli.models.priors.layers import (
     ConditionPrefix,
     GridPositionalEmbedding,
@@ -29,9 +29,10 @@ from medgen_cli.models.priors.layers import (
 
 
 class MaskGITPrior(nn.Module):
-    """Masked-token transformer over the codes of a VQ autoencoder.
+    """Masked-token transformer over the codes of a VQ autoencoder: ``MaskGITPrior(config)`` or
+    ``MaskGITPrior(num_embeddings, grid_shape, **fields)`` (`MaskGITPriorConfig`).
 
-    Args:
+    Config fields:
         num_embeddings: codebook size V of the modelled codes.
         grid_shape: shape of the code grid, e.g. (16, 16) or (8, 8, 8).
         dim: token width.
@@ -43,41 +44,26 @@ class MaskGITPrior(nn.Module):
         num_classes: number of class labels for label conditioning, or None.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        grid_shape: Sequence[int],
-        dim: int = 256,
-        depth: int = 8,
-        num_heads: int = 8,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
-        cond_sources: Sequence[Mapping[str, Any]] = (),
-        num_classes: int | None = None,
-    ) -> None:
+    def __init__(self, *args: Any, **overrides: Any) -> None:
         super().__init__()
-        if num_embeddings < 1:
-            raise ValueError(f"num_embeddings must be >= 1, got {num_embeddings!r}")
-        self.grid_shape = check_grid_shape(grid_shape)
-        self.num_embeddings = num_embeddings
+        self.cfg = c = MaskGITPriorConfig.of(args, overrides)
+        if c.num_embeddings < 1:
+            raise ValueError(f"num_embeddings must be >= 1, got {c.num_embeddings!r}")
+        self.grid_shape = check_grid_shape(c.grid_shape)
+        self.num_embeddings = c.num_embeddings
         self.num_tokens = math.prod(self.grid_shape)
-        self.mask_token = num_embeddings  # the extra row of the token table
-        self.token_emb = nn.Embedding(num_embeddings + 1, dim)
-        self.pos_emb = GridPositionalEmbedding(self.grid_shape, dim)
-        self.prefix = ConditionPrefix(dim, cond_sources, num_classes)
-        self.drop = nn.Dropout(dropout)
-        self.stack = TransformerStack(dim, depth, num_heads, mlp_ratio, dropout)
-        self.head = nn.Linear(dim, num_embeddings, bias=False)
-        self._config = {
-            "num_embeddings": num_embeddings, "grid_shape": list(self.grid_shape), "dim": dim, "depth": depth,
-            "num_heads": num_heads, "mlp_ratio": mlp_ratio, "dropout": dropout,
-            "cond_sources": self.prefix.sources, "num_classes": num_classes,
-        }
+        self.mask_token = c.num_embeddings  # the extra row of the token table
+        self.token_emb = nn.Embedding(c.num_embeddings + 1, c.dim)
+        self.pos_emb = GridPositionalEmbedding(self.grid_shape, c.dim)
+        self.prefix = ConditionPrefix(c.dim, [s.model_dump() for s in c.cond_sources], c.num_classes)
+        self.drop = nn.Dropout(c.dropout)
+        self.stack = TransformerStack(c.dim, c.depth, c.num_heads, c.mlp_ratio, c.dropout)
+        self.head = nn.Linear(c.dim, c.num_embeddings, bias=False)
         self.apply(init_weights)
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor keyword arguments: ``MaskGITPrior(**m.config())`` rebuilds it."""
-        return copy.deepcopy(self._config)
+        return self.cfg.config()
 
     def grid_to_tokens(self, codes: Tensor) -> Tensor:
         """(B, *grid_shape) codes → (B, N) raster-order tokens."""

@@ -17,17 +17,15 @@ chosen layers (the VQ-VAE-2 top prior), using ``medgen_cli.nn.MultiHeadSelfAtten
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medgen_cli.models.priors.config import GatedPixelCNNConfig
 from medgen_cli.nn import MultiHeadSelfAttention
-from medgen_cli.sampling.tokens import sample_tokens
 
 
 def _shift_down(x: Tensor) -> Tensor:
@@ -95,9 +93,11 @@ class CausalAttention2d(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
-    """Autoregressive prior over (B, H, W) code maps in raster order.
+    """Autoregressive prior over (B, H, W) code maps in raster order: ``GatedPixelCNN(config)`` or
+    ``GatedPixelCNN(num_embeddings, **fields)`` (`GatedPixelCNNConfig`). Sampling is
+    ``medgen_cli.sampling.pixelcnn.pixelcnn_generate`` (a full pass per position).
 
-    Args:
+    Config fields:
         num_embeddings: codebook size V of the modelled codes.
         hidden_channels: width of both stacks.
         num_layers: number of gated layers (the first is type A).
@@ -109,50 +109,34 @@ class GatedPixelCNN(nn.Module):
         num_heads: attention heads.
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        hidden_channels: int = 64,
-        num_layers: int = 8,
-        kernel_size: int = 3,
-        dropout: float = 0.0,
-        cond_num_embeddings: int | None = None,
-        num_classes: int | None = None,
-        attention_layers: Sequence[int] = (),
-        num_heads: int = 4,
-    ) -> None:
+    def __init__(self, *args: Any, **overrides: Any) -> None:
         super().__init__()
-        if num_embeddings < 1:
-            raise ValueError(f"num_embeddings must be >= 1, got {num_embeddings!r}")
-        if kernel_size < 3 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers!r}")
-        attention_layers = sorted(int(i) for i in attention_layers)
-        if any(not 0 <= i < num_layers for i in attention_layers):
-            raise ValueError(f"attention_layers must be in [0, {num_layers}), got {attention_layers!r}")
-        self._config = {
-            "num_embeddings": num_embeddings, "hidden_channels": hidden_channels, "num_layers": num_layers,
-            "kernel_size": kernel_size, "dropout": dropout, "cond_num_embeddings": cond_num_embeddings,
-            "num_classes": num_classes, "attention_layers": attention_layers, "num_heads": num_heads,
-        }
-        C = hidden_channels
-        self.num_embeddings = num_embeddings
-        self.embed = nn.Embedding(num_embeddings, C)
+        self.cfg = c = GatedPixelCNNConfig.of(args, overrides)
+        if c.num_embeddings < 1:
+            raise ValueError(f"num_embeddings must be >= 1, got {c.num_embeddings!r}")
+        if c.kernel_size < 3 or c.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 3, got {c.kernel_size!r}")
+        if c.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {c.num_layers!r}")
+        if any(not 0 <= i < c.num_layers for i in c.attention_layers):
+            raise ValueError(f"attention_layers must be in [0, {c.num_layers}), got {c.attention_layers!r}")
+        C = c.hidden_channels
+        self.num_embeddings = c.num_embeddings
+        self.embed = nn.Embedding(c.num_embeddings, C)
         self.layers = nn.ModuleList(
-            GatedMaskedConv(C, kernel_size, "A" if i == 0 else "B", dropout) for i in range(num_layers)
+            GatedMaskedConv(C, c.kernel_size, "A" if i == 0 else "B", c.dropout) for i in range(c.num_layers)
         )
-        self.attention = nn.ModuleDict({str(i): CausalAttention2d(C, num_heads, dropout) for i in attention_layers})
-        self.cond_embed = nn.Embedding(cond_num_embeddings, C) if cond_num_embeddings else None
-        self.cond_conv = nn.Conv2d(C, C, 3, padding=1) if cond_num_embeddings else None
-        self.label_embed = nn.Embedding(num_classes, C) if num_classes else None
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, num_embeddings, 1))
+        self.attention = nn.ModuleDict({str(i): CausalAttention2d(C, c.num_heads, c.dropout) for i in c.attention_layers})
+        self.cond_embed = nn.Embedding(c.cond_num_embeddings, C) if c.cond_num_embeddings else None
+        self.cond_conv = nn.Conv2d(C, C, 3, padding=1) if c.cond_num_embeddings else None
+        self.label_embed = nn.Embedding(c.num_classes, C) if c.num_classes else None
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, c.num_embeddings, 1))
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor keyword arguments: ``GatedPixelCNN(**m.config())`` rebuilds it."""
-        return copy.deepcopy(self._config)
+        return self.cfg.config()
 
-    def _cond_features(
+    def condition_features(
         self, size: tuple[int, int], batch: int, condition: Tensor | None, labels: Tensor | None
     ) -> Tensor | None:
         """(B, C, H, W) conditioning features shared by all layers, or None."""
@@ -171,7 +155,8 @@ class GatedPixelCNN(nn.Module):
             feat = lab if feat is None else feat + lab
         return feat
 
-    def _logits(self, codes: Tensor, cond: Tensor | None) -> Tensor:
+    def logits(self, codes: Tensor, cond: Tensor | None) -> Tensor:
+        """Logits (B, V, h, W) of (B, h, W) codes given the features of `condition_features` (rows 0..h-1 of them)."""
         x = self.embed(codes.long()).permute(0, 3, 1, 2)  # (B, C, H, W)
         v, h = x, x
         for i, layer in enumerate(self.layers):
@@ -184,43 +169,38 @@ class GatedPixelCNN(nn.Module):
         """Logits (B, V, H, W) of p(code at (i, j) | codes before it in raster order, conditioning)."""
         if codes.ndim != 3:
             raise ValueError(f"codes must be a (B, H, W) code map, got shape {tuple(codes.shape)}")
-        cond = self._cond_features(tuple(codes.shape[1:]), codes.shape[0], condition, labels)
-        return self._logits(codes, cond)
+        cond = self.condition_features(tuple(codes.shape[1:]), codes.shape[0], condition, labels)
+        return self.logits(codes, cond)
 
     def loss(self, codes: Tensor, condition: Tensor | None = None, labels: Tensor | None = None) -> dict[str, Tensor]:
         """Cross-entropy over all positions (``loss``, nats) and ``bits_per_token`` (detached)."""
         ce = F.cross_entropy(self(codes, condition, labels), codes.long())
         return {"loss": ce, "bits_per_token": ce.detach() / math.log(2.0)}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        shape: Sequence[int],
-        condition: Tensor | None = None,
-        labels: Tensor | None = None,
-        sampler_kwargs: Mapping[str, Any] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Draw (B, H, W) codes position by position in raster order (one full pass per position).
 
-        Args:
-            shape: (B, H, W).
-            condition: (B, h, w) conditioning code map, when the model has one.
-            labels: (B,) class labels, when the model has them.
-            sampler_kwargs: keyword arguments of ``sample_tokens`` (default: multinomial).
-            generator: source of randomness.
-        """
-        if len(shape) != 3 or any(int(s) < 1 for s in shape):
-            raise ValueError(f"shape must be (B, H, W) positive sizes, got {tuple(shape)!r}")
-        batch, height, width = (int(s) for s in shape)
-        device = self.embed.weight.device
-        kwargs = {"strategy": "multinomial", **(sampler_kwargs or {})}
-        cond = self._cond_features((height, width), batch, condition, labels)
-        codes = torch.zeros(batch, height, width, dtype=torch.long, device=device)
-        for i in range(height):
-            # Rows below i cannot influence row i (every layer is causal), so feed rows 0..i only.
-            rows_cond = None if cond is None else cond[:, :, : i + 1]
-            for j in range(width):
-                logits = self._logits(codes[:, : i + 1], rows_cond)[:, :, i, j]  # (B, V)
-                codes[:, i, j] = sample_tokens(logits, generator=generator, **kwargs)
-        return codes
+class TwoLevelPixelCNN(nn.ModuleDict):
+    """The VQ-VAE-2 prior (Razavi et al. 2019): a ``top`` `GatedPixelCNN` over the top codes and a
+    ``bottom`` one conditioned on them (state-dict keys ``top.*`` and ``bottom.*``).
+
+    Args:
+        top: config of the top prior (or its dict, as in ``model.json``).
+        bottom: config of the bottom prior; its ``cond_num_embeddings`` is the top codebook size.
+    """
+
+    def __init__(self, top: GatedPixelCNNConfig | dict[str, Any], bottom: GatedPixelCNNConfig | dict[str, Any]) -> None:
+        top = top if isinstance(top, GatedPixelCNNConfig) else GatedPixelCNNConfig(**top)
+        bottom = bottom if isinstance(bottom, GatedPixelCNNConfig) else GatedPixelCNNConfig(**bottom)
+        super().__init__({"top": GatedPixelCNN(top), "bottom": GatedPixelCNN(bottom)})
+
+    def config(self) -> dict[str, Any]:
+        """``{"top": {...}, "bottom": {...}}``: ``TwoLevelPixelCNN(**m.config())`` rebuilds it."""
+        return {name: level.config() for name, level in self.items()}
+
+    def loss(self, codes: Tensor, top: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Sum of both levels' cross-entropies; bits per token averaged over the tokens of both levels."""
+        up = self["top"].loss(top, labels=labels)
+        down = self["bottom"].loss(codes, condition=top, labels=labels)
+        n_top, n_bottom = top[0].numel(), codes[0].numel()
+        bits = (up["bits_per_token"] * n_top + down["bits_per_token"] * n_bottom) / (n_top + n_bottom)
+        return {"loss": up["loss"] + down["loss"], "bits_per_token": bits,
+                "bits_per_token_top": up["bits_per_token"], "bits_per_token_bottom": down["bits_per_token"]}

@@ -14,14 +14,13 @@ tell "no condition" from any real one. Train with ``random_null_mask`` and sampl
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from medgen_cli.models.priors.config import UNetPriorConfig
 from medgen_cli.nn import Downsample, ResBlock, SpatialSelfAttention, Upsample, make_act, make_conv, make_norm
 
 
@@ -44,9 +43,10 @@ def random_null_mask(
 
 
 class UNetPrior(nn.Module):
-    """UNet predicting noise (or v, or x_0) from (x_t, t, conditioning).
+    """UNet predicting noise (or v, or x_0) from (x_t, t, conditioning): ``UNetPrior(config)`` or
+    ``UNetPrior(spatial_dims, in_channels, **fields)`` (`UNetPriorConfig`).
 
-    Args:
+    Config fields:
         spatial_dims: 2 or 3 (any rank ``medgen_cli.nn`` supports).
         in_channels: channels of x_t.
         out_channels: channels of the prediction (default ``in_channels``).
@@ -62,44 +62,25 @@ class UNetPrior(nn.Module):
         num_classes: number of class labels (None = no label conditioning).
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int | None = None,
-        base_channels: int = 64,
-        channel_mults: Sequence[int] = (1, 2, 4),
-        num_res_blocks: int = 2,
-        attention_levels: Sequence[int] = (),
-        mid_attention: bool = True,
-        num_heads: int = 4,
-        dropout: float = 0.0,
-        num_groups: int = 8,
-        cond_channels: int = 0,
-        num_classes: int | None = None,
-    ) -> None:
+    def __init__(self, *args: Any, **overrides: Any) -> None:
         super().__init__()
-        channel_mults = [int(m) for m in channel_mults]
-        attention_levels = sorted(int(i) for i in attention_levels)
+        self.cfg = c = UNetPriorConfig.of(args, overrides)
+        channel_mults, attention_levels = c.channel_mults, c.attention_levels
         if not channel_mults or any(m < 1 for m in channel_mults):
             raise ValueError(f"channel_mults must be positive integers, got {channel_mults!r}")
         if any(not 0 <= i < len(channel_mults) for i in attention_levels):
             raise ValueError(
                 f"attention_levels must index channel_mults (0..{len(channel_mults) - 1}), got {attention_levels!r}"
             )
-        if num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks!r}")
-        if cond_channels < 0:
-            raise ValueError(f"cond_channels must be >= 0, got {cond_channels!r}")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None, got {num_classes!r}")
-        out_channels = out_channels or in_channels
-        self._config = {
-            "spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
-            "base_channels": base_channels, "channel_mults": channel_mults, "num_res_blocks": num_res_blocks,
-            "attention_levels": attention_levels, "mid_attention": mid_attention, "num_heads": num_heads,
-            "dropout": dropout, "num_groups": num_groups, "cond_channels": cond_channels, "num_classes": num_classes,
-        }
+        if c.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1, got {c.num_res_blocks!r}")
+        if c.cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {c.cond_channels!r}")
+        if c.num_classes is not None and c.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 or None, got {c.num_classes!r}")
+        spatial_dims, in_channels, out_channels = c.spatial_dims, c.in_channels, c.out_channels
+        base_channels, num_res_blocks, num_groups = c.base_channels, c.num_res_blocks, c.num_groups
+        dropout, num_heads, cond_channels, num_classes = c.dropout, c.num_heads, c.cond_channels, c.num_classes
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.cond_channels = cond_channels
@@ -132,7 +113,7 @@ class UNetPrior(nn.Module):
             if level < self.num_levels - 1:
                 self.down.append(nn.ModuleList([Downsample(sd, ch, ch, factor=2)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([res(ch, ch), attn(ch) if mid_attention else nn.Identity(), res(ch, ch)])
+        self.mid = nn.ModuleList([res(ch, ch), attn(ch) if c.mid_attention else nn.Identity(), res(ch, ch)])
         self.up = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
             for _ in range(num_res_blocks + 1):
@@ -151,7 +132,7 @@ class UNetPrior(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor keyword arguments: ``UNetPrior(**m.config())`` rebuilds it."""
-        return copy.deepcopy(self._config)
+        return self.cfg.config()
 
     def _inputs(self, x: Tensor, cond: Tensor | None, labels: Tensor | None, null_mask: Tensor | None):
         """Concatenate the (possibly dropped) condition and build the label part of the embedding."""
