@@ -5,36 +5,42 @@
 * :mod:`.slicing`: 2D slices and 2D+T slice sequences out of volumes.
 * :mod:`.splits`: subject-level train/val/test splits, subject ids from paths or a CSV.
 * :mod:`.derive`: paired data: DRRs, simulated low-dose CT, degraded resolution.
+* :mod:`.derive_modes`: the registry of derived paired stores (``derive.outputs``: drr, lowdose,
+  downsample:F) that the settings validate against and the preprocess step dispatches through.
 
 The ``preprocess`` step composes these, does the IO, and records the function list and
 parameters in its manifest.
+
+The names below are loaded on first use (PEP 562), so that importing one light submodule (the
+settings import :mod:`.derive_modes`) does not import torch and SimpleITK with the resampling code.
 """
 
-from medgen_cli.preprocess.derive import downsample, drr, lowdose, projection_axis
-from medgen_cli.preprocess.intensity import (
-    WINDOW_PRESETS,
-    looks_like_hu,
-    minmax,
-    parse_window,
-    percentile_normalize,
-    window,
-    zscore,
-)
-from medgen_cli.preprocess.slicing import extract_sequences, extract_slices, move_axis_last
-from medgen_cli.preprocess.spatial import (
-    crop_or_pad,
-    fit,
-    foreground_bbox,
-    gaussian_filter,
-    orientation_code,
-    reorient,
-    resample,
-)
-from medgen_cli.preprocess.splits import assign_splits, load_subject_csv, subject_from_path
+from __future__ import annotations
 
-__all__ = [
-    "WINDOW_PRESETS", "assign_splits", "crop_or_pad", "downsample", "drr", "extract_sequences",
-    "extract_slices", "fit", "foreground_bbox", "gaussian_filter", "load_subject_csv", "looks_like_hu",
-    "lowdose", "minmax", "move_axis_last", "orientation_code", "parse_window", "percentile_normalize",
-    "projection_axis", "reorient", "resample", "subject_from_path", "window", "zscore",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "downsample": "derive", "drr": "derive", "lowdose": "derive", "projection_axis": "derive",
+    "WINDOW_PRESETS": "intensity", "looks_like_hu": "intensity", "minmax": "intensity", "parse_window": "intensity",
+    "percentile_normalize": "intensity", "window": "intensity", "zscore": "intensity",
+    "extract_sequences": "slicing", "extract_slices": "slicing", "move_axis_last": "slicing",
+    "crop_or_pad": "spatial", "fit": "spatial", "foreground_bbox": "spatial", "gaussian_filter": "spatial",
+    "orientation_code": "spatial", "reorient": "spatial", "resample": "spatial",
+    "assign_splits": "splits", "load_subject_csv": "splits", "subject_from_path": "splits",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import FloatTuple, IntTuple, Section
+from ..preprocess import derive_modes
 from ..windows import WINDOW_PRESETS, parse_window, preset_list
 from .common import RuntimeSettings, SplitSettings, StoreSettings
 
-DERIVE_PATTERN = re.compile(r"^(drr|lowdose|downsample:\d+(,\d+){0,2})$")
 MASK_RULE_KINDS = ("suffix", "csv", "pattern")
 
 
@@ -140,7 +140,8 @@ class ModeSettings(Section):
 class DeriveSettings(Section):
     outputs: list[str] = Field(
         default_factory=list,
-        description="Derived paired stores: drr (AP + lateral radiographs), lowdose, downsample:F.",
+        description="Derived paired stores (the derive registry): "
+        + "; ".join(f"{m.usage} ({m.summary})" for m in derive_modes.DERIVE_MODES.values()) + ".",
     )
     drr_max_depth: float = Field(
         8.0, gt=0, description="drr: optical depth (line integral of attenuation) shown as white; the same for every subject."
@@ -151,14 +152,13 @@ class DeriveSettings(Section):
     @field_validator("outputs")
     @classmethod
     def _outputs(cls, v: list[str]) -> list[str]:
-        bad = [o for o in v if not DERIVE_PATTERN.match(o)]
-        if bad:
-            raise ValueError(f"unknown derived output {bad[0]!r}; use drr, lowdose or downsample:F")
+        for spec in v:
+            derive_modes.parse_spec(spec)  # an unknown output lists the registry
         return v
 
     @staticmethod
     def store_name(output: str) -> str:
-        return output.replace(":", "").replace(",", "x")
+        return derive_modes.store_name(output)
 
 
 def split_mask_rule(text: str) -> tuple[str, str]:
@@ -237,13 +237,8 @@ class PreprocessSettings(Section):
             raise ValueError("store.dtype int16 keeps raw physical values: set intensity.normalize to none")
         if self.intensity.normalize == "window" and not self.intensity.window:
             raise ValueError("intensity.normalize window needs intensity.window (e.g. lung or 40,400)")
-        if "drr" in self.derive.outputs and self.mode.kind != "volume":
-            raise ValueError("derive output drr projects whole CT volumes: it needs mode.kind volume")
-        for spec in self.derive.outputs:
-            factors = spec.split(":")[1].split(",") if spec.startswith("downsample") else []
-            if self.mode.kind != "volume" and len(factors) == 3 and float(factors[self.mode.axis]) != 1:
-                raise ValueError(f"derive output {spec} in {self.mode.kind} mode must keep the slicing axis "
-                                 f"(mode.axis = {self.mode.axis}) at factor 1, so that item k pairs with item k")
+        for spec in self.derive.outputs:  # the modes it accepts, the slicing axis kept (the derive registry)
+            derive_modes.check_spec(spec, self.mode.kind, self.mode.axis)
         if self.masks.source == "csv" and not self.input.subject_csv:
             raise ValueError("masks.source csv reads the mask column of the subject CSV, but input.subject_csv is not set: "
                              "give --subject-csv, or masks.source csv:FILE with columns path,mask")

@@ -7,7 +7,9 @@
 Derived stores hold the same item ids as ``main``: in volume mode the derived volume (DRRs: one item
 per view, ``<id>_ap``, ``<id>_lateral``); in slices and sequence modes the derived volume (lowdose,
 downsample in-plane) cut at the same slice indices as the main items, so item k of ``lowdose``
-pairs with item k of ``main``. A 2D image is one 2D item in volume and slices modes.
+pairs with item k of ``main``. A 2D image is one 2D item in volume and slices modes. Each derived store
+is made by its entry of the derive registry (`medgen_cli.preprocess.derive_modes`), from the physical
+image after the geometry, stored through the main items' mapping unless the mode has its own (DRRs).
 
 Masks (``masks.source``, see ``_preprocess_masks``): the input's label image is resampled with
 nearest neighbour straight onto the final grid of the image (store ``masks``) and of each derived
@@ -25,7 +27,8 @@ from ..io.masks import mask_store_name
 from ..meta import ImageMeta, IntensityMapping
 from ..io.readers import ReadError, Source, read_source
 from ..io.store import Store, as_stored_dtype, store_path
-from ..preprocess import derive, intensity, slicing, spatial
+from ..preprocess import derive_modes, intensity, slicing, spatial
+from ..preprocess.derive_modes import DeriveContext
 from ..settings import PreprocessSettings
 from . import _preprocess_masks as masks
 
@@ -103,39 +106,17 @@ def _full_size(size: tuple[int, ...], arr: np.ndarray, axis: int, inplane: bool)
     return size
 
 
-def _downsample_factor(spec: str, arr: np.ndarray, s: PreprocessSettings) -> float | tuple[float, ...]:
-    """The factor of ``downsample:F``: every axis of a volume item; in slices and sequence modes the
-    in-plane axes only (the slicing axis keeps its slices, so the pieces pair one to one)."""
-    factor = tuple(int(f) for f in spec.split(":")[1].split(","))
-    if len(factor) > 1:
-        return factor
-    if s.mode.kind == "volume" or arr.ndim != 3:
-        return factor[0]
-    return tuple(1 if a == s.mode.axis else factor[0] for a in range(3))
-
-
-def _derived(arr_phys: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_id: str):
-    """Paired images computed from the physical volume: {store: [(id, array, meta)]}."""
-    out: dict[str, list[tuple[str, np.ndarray, ImageMeta]]] = {}
+def _derived(arr_phys: np.ndarray, meta: ImageMeta, s: PreprocessSettings, item_id: str,
+             mapping: IntensityMapping) -> dict[str, list[tuple[str, np.ndarray, ImageMeta]]]:
+    """Paired images computed from the physical volume, as stored values: {store: [(id, array, meta)]}.
+    Each output is made by its entry of the derive registry (`medgen_cli.preprocess.derive_modes`);
+    ``mapping`` is the main items' intensity mapping (derived CT images share it)."""
+    ctx = DeriveContext(item_id, _item_seed(s.runtime.seed, item_id), s.mode.kind, s.mode.axis,
+                        tuple(s.intensity.output_range), mapping, s.derive)
+    out = {}
     for spec in s.derive.outputs:
-        name = s.derive.store_name(spec)
-        if spec == "drr":
-            views = []
-            for view in ("ap", "lateral"):
-                # optical depth (the log radiograph) on one fixed scale for every subject
-                a, m = derive.drr(arr_phys, meta, view=view, output="log")
-                lo, hi = s.intensity.output_range
-                m = m.replace(intensity=IntensityMapping(method="window", unit="optical depth", in_low=0.0,
-                                                         in_high=s.derive.drr_max_depth, out_low=lo, out_high=hi, clip=True))
-                views.append((f"{item_id}_{view}", m.intensity.to_stored(a), m))
-            out[name] = views
-        elif spec == "lowdose":
-            a, m = derive.lowdose(arr_phys, meta, dose_fraction=s.derive.lowdose_fraction,
-                                  sigma_full=s.derive.lowdose_sigma, seed=_item_seed(s.runtime.seed, item_id))
-            out[name] = [(item_id, a, m)]
-        else:
-            a, m = derive.downsample(arr_phys, meta, _downsample_factor(spec, arr_phys, s))
-            out[name] = [(item_id, a, m)]
+        mode, params = derive_modes.parse_spec(spec)
+        out[s.derive.store_name(spec)] = mode.make(arr_phys, meta, params, ctx)
     return out
 
 
@@ -174,8 +155,11 @@ def _read(source: Source, subject: str, s: PreprocessSettings) -> tuple[np.ndarr
     if arr.ndim == 2 and s.mode.kind == "sequence":
         raise ReadError(f"{source.path}: is a 2D image (shape {arr.shape}), which has no slices to stack into a "
                         "sequence; use --mode slices or volume for 2D inputs")
-    if arr.ndim == 2 and "drr" in s.derive.outputs:
-        raise ReadError(f"{source.path}: is a 2D image (shape {arr.shape}); derive output drr projects 3D CT volumes")
+    for spec in s.derive.outputs:
+        mode, _ = derive_modes.parse_spec(spec)
+        if arr.ndim == 2 and mode.needs_3d:
+            raise ReadError(f"{source.path}: is a 2D image (shape {arr.shape}); derive output {spec} needs 3D volumes "
+                            f"({mode.summary})")
     warnings = []
     if meta.modality == "CT":
         ok, reason = intensity.looks_like_hu(arr)
@@ -199,13 +183,11 @@ def process_source(source: Source, item_base: str, subject: str, split: str, s: 
     ndim = arr.ndim
     window_unused = meta.modality if s.intensity.window and s.intensity.normalize == "auto" and meta.modality != "CT" else None
     arr, meta = _geometry(arr, meta, s)
-    derived = _derived(arr, meta, s, item_base)
-    label_volumes = _label_volumes(mask, arr.shape, meta, derived) if mask is not None else {}
+    stored, stored_meta = _normalise(arr, meta, s)
+    derived = _derived(arr, meta, s, item_base, stored_meta.intensity)  # derived CT images share main's mapping
+    label_volumes = _label_volumes(mask, arr.shape, meta, derived, s) if mask is not None else {}
     del mask  # the labels on their own grid are no longer needed
-    arr, meta = _normalise(arr, meta, s)
-    for name, items in derived.items():  # derived CT images share the main mapping (same window)
-        if name != "drr":
-            derived[name] = [(i, meta.intensity.to_stored(a), m.replace(intensity=meta.intensity)) for i, a, m in items]
+    arr, meta = stored, stored_meta
 
     items = _pieces(arr, meta, s, item_base)
     if not items:
@@ -246,15 +228,17 @@ def write_stacked(outcome: dict[str, Any], artefact: str, tag: str, s: Preproces
         writer.flush()
 
 
-def _label_volumes(mask: masks.Mask, shape: tuple[int, ...], meta: ImageMeta, derived: dict
+def _label_volumes(mask: masks.Mask, shape: tuple[int, ...], meta: ImageMeta, derived: dict, s: PreprocessSettings
                    ) -> dict[str, tuple[np.ndarray, ImageMeta]]:
-    """The mask on the final grid of the image (store ``masks``) and of each derived store on another grid
-    (``masks_downsampleF``), each straight from the mask's own grid (one nearest-neighbour rounding)."""
+    """The mask on the final grid of the image (store ``masks``) and of each derived store whose derive mode
+    has masks of its own grid (``masks_downsampleF``), each straight from the mask's own grid (one
+    nearest-neighbour rounding); modes on main's grid (lowdose) pair with ``masks``, DRRs have none."""
     out = {mask_store_name("main"): masks.on_grid(mask, shape, meta)}
-    for name, pieces in derived.items():
+    for spec in s.derive.outputs:
+        name = s.derive.store_name(spec)
         target = mask_store_name(name)
-        if target is not None and target not in out:  # lowdose shares main's grid; drr has no mask
-            _, a, m = pieces[0]
+        if derive_modes.parse_spec(spec)[0].masks == "own" and target not in out:
+            _, a, m = derived[name][0]
             out[target] = masks.on_grid(mask, a.shape, m)
     return out
 
@@ -282,7 +266,7 @@ def pipeline_description(s: PreprocessSettings) -> list[dict[str, Any]]:
     if g.shape:
         steps.append({"fn": "spatial.crop_or_pad", "shape": list(g.shape), "mode": g.crop})
     for d in s.derive.outputs:
-        steps.append({"fn": f"derive.{d.split(':')[0]}", "spec": d})
+        steps.append({"fn": f"derive.{derive_modes.parse_spec(d)[0].name}", "spec": d})
     steps.append({"fn": f"intensity.{i.normalize}", "window": i.window, "percentiles": list(i.percentiles),
                   "output_range": list(i.output_range), "transform": i.transform})
     if s.mode.kind != "volume":

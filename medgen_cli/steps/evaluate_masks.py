@@ -8,91 +8,29 @@ deviation, 5th/50th/95th percentiles, voxel and item counts, for the real items 
 default train) and for the samples, and the difference of their means. Written to ``metrics.json``
 (``per_label``) and ``per_label.csv``, printed as rows of the evaluate table, and pictured in
 ``pictures/mask_overlay.png``: samples with their masks overlaid next to real images with theirs
-(the real item of the sample's mask when the data holds it).
+(the real item of the sample's mask when the data holds it). Orchestration only: the statistics are
+`medgen_cli.metrics.labels`, the picture `medgen_cli.viz.evaluation.mask_overlay`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..artefacts import read_manifest
 from ..errors import UsageError
 from ..io import fs
 from ..io.masks import MASK_STORE, mask_store_name
 from ..io.store import Store, store_path
+from ..metrics.labels import PERCENTILES, compare, label_stats
+from ..metrics.report import write_csv
 from ..safety import normal_path
-from ..viz.masks import mask_overlay_grid
-from . import evaluate_pictures as ep
+from ..viz import evaluation as ve
 
 log = logging.getLogger(__name__)
 
-PERCENTILES = (5, 50, 95)
 SECTION = "per label"
-
-
-PERCENTILE_SAMPLE = 1_000_000  # values per label kept for the percentiles (mean and std use every value)
-
-
-class _LabelValues:
-    """One label's values, streamed: exact count, mean and std, and a uniform random sample without
-    replacement of at most ``cap`` values for the percentiles (each value gets a random key; the ``cap``
-    smallest keys are kept), so memory stays bounded however many volumes are pooled."""
-
-    def __init__(self, cap: int, rng: np.random.Generator):
-        self.cap, self.rng = cap, rng
-        self.n, self.total, self.squares, self.items = 0, 0.0, 0.0, 0
-        self.kept, self.keys = np.empty(0), np.empty(0)
-
-    def add(self, x: np.ndarray) -> None:
-        self.n += x.size
-        self.total += float(x.sum())
-        self.squares += float(np.square(x).sum())
-        self.items += 1
-        self.kept = np.concatenate([self.kept, x])
-        self.keys = np.concatenate([self.keys, self.rng.random(x.size)])
-        if self.kept.size > self.cap:
-            keep = np.argpartition(self.keys, self.cap)[: self.cap]
-            self.kept, self.keys = self.kept[keep], self.keys[keep]
-
-    def stats(self) -> dict[str, Any]:
-        mean = self.total / self.n
-        std = float(np.sqrt(max(self.squares / self.n - mean * mean, 0.0)))
-        p = np.percentile(self.kept, PERCENTILES)
-        return {"mean": mean, "std": std, **{f"p{q}": float(v) for q, v in zip(PERCENTILES, p)},
-                "voxels": self.n, "items": self.items, "percentiles_from": int(self.kept.size)}
-
-
-def label_stats(pairs: Iterable[tuple[np.ndarray, np.ndarray]], cap: int = PERCENTILE_SAMPLE,
-                seed: int = 0) -> dict[int, dict[str, Any]]:
-    """``{label: {mean, std, p5, p50, p95, voxels, items, percentiles_from}}`` of the values each label covers,
-    pooled over ``(values, labels)`` pairs of equal shapes (values in the units wanted, e.g. HU). Mean and std
-    use every value; the percentiles are exact up to ``cap`` values per label, beyond that those of a uniform
-    random sample of ``cap`` of them (``percentiles_from``; seeded, so reruns agree)."""
-    rng = np.random.default_rng(seed)
-    pooled: dict[int, _LabelValues] = {}
-    for values, labels in pairs:
-        values, labels = np.asarray(values, np.float64), np.asarray(labels)
-        if values.shape != labels.shape:
-            raise ValueError(f"values {values.shape} and labels {labels.shape} differ in shape")
-        for v in np.unique(labels):
-            pooled.setdefault(int(v), _LabelValues(cap, rng)).add(values[labels == v])
-    return {label: pooled[label].stats() for label in sorted(pooled)}
-
-
-def compare(real: dict[int, dict[str, Any]], generated: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per label (as text keys): the real and generated statistics (None when absent) and the
-    difference of means (generated - real)."""
-    out = {}
-    for label in sorted(set(real) | set(generated)):
-        r, g = real.get(label), generated.get(label)
-        out[str(label)] = {"real": r, "generated": g,
-                           "mean_difference": g["mean"] - r["mean"] if r is not None and g is not None else None}
-    return out
 
 
 def _open(artefact: str, name: str) -> Store | None:
@@ -154,12 +92,10 @@ def per_label(settings, s_store: Store, s_ids: list[str], partial: Path, result)
         log.info("mask overlay without real images: the samples were drawn for the masks of %s, not of %s",
                  drawn_for, settings.data)
     _picture(partial / "pictures" / "mask_overlay.png", (s_store, s_masks), (d_store, d_masks),
-             ep.pick(s_ids, settings.max_pictures), [int(k) for k in table], paired)
+             ve.pick(s_ids, settings.max_pictures), [int(k) for k in table], paired)
 
 
 def _csv(path: Path, table: dict[str, dict[str, Any]]) -> None:
-    from .evaluate import write_csv  # the evaluate step's writer (imported here: it imports this module)
-
     rows = []
     for label, row in table.items():
         for side in ("real", "generated"):
@@ -185,9 +121,6 @@ def _picture(path: Path, samples: tuple[Store, Store], data: tuple[Store, Store]
             real, real_meta = d_store.read_item(source)
             row[1] = (real, d_masks.read(source, dtype=None), real_meta)
         rows.append(row)
-    if not rows:
-        return
-    mapping = d_store.meta(d_store.ids()[0]).intensity
-    limits = ep.grey_limits(mapping, [cell[0] for row in rows for cell in row if cell is not None])
-    mask_overlay_grid(path, rows, ("sample with its mask", "real image of that mask"), shown, *limits, labels,
-                      title="masks over generated and real images")
+    if rows:
+        mapping = d_store.meta(d_store.ids()[0]).intensity
+        ve.mask_overlay(path, rows, shown, labels, mapping)

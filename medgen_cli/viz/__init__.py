@@ -3,7 +3,8 @@
 ``orientation``: radiological display orientation derived from the affine. ``images``: grids,
 orthogonal views, slice strips, maximum intensity projections, error maps, reconstruction grids.
 ``plots``: curves from ``metrics.jsonl``, histograms, box plots. ``masks``: label maps overlaid on
-images. Every writer returns the path.
+images. ``evaluation`` (imported on its own: ``from medgen_cli.viz import evaluation``): the pictures
+and metric plots of ``medgen evaluate``. Every writer returns the path.
 """
 
 from .images import (

@@ -234,7 +234,7 @@ def test_errors_are_one_clear_sentence(tmp_path, trained):
 def test_pictures_of_slabs_show_only_the_view_across_the_thin_axis(tmp_path):
     """A 2D+T sequence (64x64x8) gets one view (across T), a cube three, a slice one."""
     from medgen_cli.meta import ImageMeta
-    from medgen_cli.steps.evaluate_pictures import _centre_views, pair_grid
+    from medgen_cli.viz.evaluation import _centre_views, pair_grid
 
     meta = ImageMeta(affine=np.diag([0.7, 0.7, 5.0, 1.0]))
     seq, cube = np.zeros((64, 64, 8), np.float32), np.zeros((16, 16, 16), np.float32)

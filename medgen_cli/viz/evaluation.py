@@ -11,18 +11,25 @@ difference of all pictured pairs. Volumes are oriented radiologically from their
     <id>_strip_<side>.png   evenly spaced axial slices (volumes)
     <id>_mip.png            maximum intensity projections side by side (volumes)
     <id>_error.png          signed error pred - ref (pairs)
+
+Also the plots of per-item metrics (``metric_plots``: a histogram per metric and a box plot per
+group of the metric registry) and the mask overlay of mask-conditioned samples (``mask_overlay``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..meta import ImageMeta, IntensityMapping
-from ..viz import display_plane, display_slice, error_map, multi_slice_strip, orthogonal_views, save_grid
-from ..viz.orientation import resolve_axis
+from ..metrics.registry import GROUPS, box_groups
+from ..metrics.report import ID_COLUMNS
+from .images import error_map, multi_slice_strip, orthogonal_views, save_grid
+from .masks import mask_overlay_grid
+from .orientation import display_plane, display_slice, resolve_axis
+from .plots import box_plot, histograms
 
 
 def grey_limits(mapping: IntensityMapping, arrays: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -122,3 +129,37 @@ def pick(ids: Sequence[str], n: int) -> list[str]:
     if n <= 0 or not ids:
         return []
     return list(dict.fromkeys(ids[int(round(k))] for k in np.linspace(0, len(ids) - 1, min(n, len(ids)))))
+
+
+def metric_plots(directory: Path, rows: list[dict[str, Any]], unit: str,
+                 id_columns: Sequence[str] = ID_COLUMNS) -> list[Path]:
+    """A histogram per metric and a box plot per registry group of the per-item values.
+
+    Args:
+        directory: where the PNGs go (``hist_<metric>.png``, ``box_<group>.png``).
+        rows: one dict per item (id columns and metric values).
+        unit: the data's physical unit (the axis of the physical-error group).
+        id_columns: the keys of ``rows`` that are not metrics (item, subject, split, target).
+    """
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in id_columns))
+    columns = {k: np.asarray([r[k] for r in rows if k in r], np.float64) for k in names}
+    columns = {k: v for k, v in columns.items() if np.isfinite(v).any()}
+    paths = [histograms(directory / f"hist_{k}.png", {k: v}, xlabel=k, bins=min(32, max(4, v.size)),
+                        title=f"{k} per item") for k, v in columns.items()]
+    for group, members in box_groups().items():
+        present = {k: columns[k] for k in members if k in columns}
+        if present:
+            paths.append(box_plot(directory / f"box_{group}.png", present, ylabel=GROUPS[group].axis_label(unit),
+                                  title=f"{group} per item"))
+    return paths
+
+
+def mask_overlay(path: Path, rows: list[list[tuple[np.ndarray, np.ndarray, ImageMeta] | None]], labels_shown: Sequence[str],
+                 labels: list[int], mapping: IntensityMapping) -> Path | None:
+    """Samples with their masks (left) beside the real image of each sample's mask with its own
+    (right; None leaves the cell empty), on the data's grey scale (`grey_limits` of ``mapping``)."""
+    if not rows:
+        return None
+    limits = grey_limits(mapping, [cell[0] for row in rows for cell in row if cell is not None])
+    return mask_overlay_grid(path, rows, ("sample with its mask", "real image of that mask"), labels_shown, *limits,
+                             labels, title="masks over generated and real images")
