@@ -33,10 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from .artefacts import (
-    MANIFEST, MARKER, SETTINGS_FILE, ArtefactError, ArtefactWriter, InputRef, Kind, Manifest, _now,
-    _settings_yaml, check_replaceable, marker_text, read_manifest,
-)
+from .artefacts_manifest import MANIFEST, MARKER, SETTINGS_FILE, ArtefactError, InputRef, Kind, Manifest, _now, read_manifest
+from .artefacts_writer import ArtefactWriter, _settings_yaml, check_replaceable, marker_text
 from .io import fs
 from .safety import LockError, OutputLock
 

@@ -4,7 +4,8 @@ training, the precision and the torchrun process group. Errors in a setting beco
 - `inference_device`: threads + device (+ torch seed) of a step that runs models without training them
   (encode-latents, sample, evaluate, export);
 - `training_runtime`: the same plus precision, adaptive threads, allocator tuning and the process group;
-- `seed_everything`: torch, numpy and Python's ``random`` at once.
+- `seed_everything`: torch, numpy and Python's ``random`` at once;
+- `preprocess_threads`: ``runtime.threads`` for preprocess (SimpleITK's filters and torch).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .train.distributed import DistContext
 from .train.precision import Precision, resolve_precision, select_device, set_threads
 from .train.threads import allow_adaptive
 
-__all__ = ["inference_device", "seed_everything", "training_runtime"]
+__all__ = ["inference_device", "preprocess_threads", "seed_everything", "training_runtime"]
 
 
 def inference_device(device_name: str = "auto", threads: int = 0, seed: int | None = None) -> torch.device:
@@ -74,3 +75,14 @@ def training_runtime(device_name: str, precision_name: str, threads: int = 0, cp
         yield ctx, device, precision
     finally:
         dist_utils.cleanup(ctx)
+
+
+def preprocess_threads(threads: int) -> None:
+    """Apply ``runtime.threads`` to preprocess's multi-threaded parts: SimpleITK's filters (resampling)
+    and torch (derived stores); 0 keeps their defaults."""
+    if not threads:
+        return
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    set_threads(threads)

@@ -79,7 +79,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def json_default(value: Any) -> Any:
-    """numpy values and paths as JSON (what `medgen_cli.io.store._jsonable` makes of them)."""
+    """numpy values and paths as JSON (what `medgen_cli.io.store_format.jsonable` makes of them)."""
     if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
     if hasattr(value, "__fspath__"):

@@ -11,138 +11,48 @@ derived name otherwise: ``drr``, ``lowdose``, ``downsample2``; ``samples`` for s
 An item is written with ``complete: false`` and flagged ``complete: true`` only after its data, so
 an interrupted run never leaves an item that reads as valid and a re-run rewrites it. Any fsspec
 URL zarr understands (``s3://bucket/prep/main.zarr``) works wherever a local path does.
+The format (versions, codecs, chunking, stored dtypes) is in `medgen_cli.io.store_format`, what
+`Store.summary` reports in `medgen_cli.io.store_summary`.
 
 Cost: the items are listed once per ``Store`` object (one key listing plus one metadata read per
 item, concurrently); ``ids``, ``is_complete``, ``item_attrs`` and ``in`` then answer from memory,
 and ``write`` keeps that index up to date, so resuming over N items costs O(N), not O(N^2).
 
-Damage: every chunk of an item is written, even one equal to the fill value (zarr's
-``write_empty_chunks``), and the item records it (``all_chunks: true``), so a read that finds a
-chunk absent knows it was lost instead of returning a blank image; each chunk carries a CRC-32C
-checksum (zarr's ``crc32c`` codec), so altered bytes fail to decode instead of reading as noise.
-Reads that meet an absent or undecodable chunk, or unreadable item or group metadata, raise
-`DamagedStore` naming the store, the item and the chunk; `Store.check` decodes every chunk.
+Damage (an absent or undecodable chunk, unreadable metadata) raises `DamagedStore` naming the store, the
+item and the chunk (`medgen_cli.io.store_damage`); `Store.check` decodes every chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
-from ..errors import StepFailed
-from ..meta import ImageMeta, IntensityMapping
-from .stacked import StackedView, Stacks, StackWriter
+from ..meta import ImageMeta
+from .stacked import Stacks, StackWriter
+from .store_damage import (WRITERS, DamagedStore, blank_chunks, check_item, chunk_name, damaged, first_bad_chunk,
+                           missing_chunks, reason)
+from .store_summary import summarise
+from .store_format import (ITEM_FORMAT, KEEP_CHUNKS, STORE_FORMAT, ItemStackWriter, as_stored_dtype, check_item_id,
+                           compressor, default_chunks, jsonable)
+
+__all__ = ["WRITERS", "DamagedStore", "Store", "as_stored_dtype", "store_path"]  # WRITERS, DamagedStore and
+# as_stored_dtype live in store_damage / store_format and are imported from here by the steps
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 2  # the newest format this medgen reads; 2 adds stack groups (a store without any stays 1)
-ITEM_FORMAT = 1  # what a new store is created as
 CREATE_ATTEMPTS = 5  # Store.create retries when another process creates the same store at the same moment
-DTYPES = {"float16": np.float16, "float32": np.float32, "int16": np.int16}
-# every array medgen hands out writes every chunk, even through ``store.array(id)[...] = values``
-KEEP_CHUNKS = {"write_empty_chunks": True}
-# the step that writes the stores of each artefact kind, for "re-run ..." advice
-WRITERS = {"preprocessed": "preprocess", "latents": "encode-latents", "samples": "sample"}
-
-
-class DamagedStore(StepFailed):
-    """A store or one of its items cannot be read as it was written (exit 1); the message names both.
-
-    A DataLoader worker re-raises an exception as ``type(err)("Caught ... Original Traceback ...")``;
-    only the original sentence is kept, so a damaged item read in a worker still prints one line.
-    """
-
-    def __init__(self, message: str):
-        if message.startswith("Caught ") and "Original Traceback" in message:
-            last = [line for line in message.strip().splitlines() if line.strip()][-1]
-            message = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(self).__name__) else last
-        super().__init__(message)
 
 
 def store_path(artefact: Path | str, name: str = "main") -> str:
     """Where store ``name`` of an artefact lives (works for local paths and URLs)."""
     return f"{str(artefact).rstrip('/')}/{name}.zarr"
-
-
-def default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """64^3 chunks for volumes (fast random patch reads), whole images up to 512^2 for 2D."""
-    edge = 64 if len(shape) >= 3 else 512
-    return tuple(max(1, min(edge, s)) for s in shape)
-
-
-def compressor(name: str, level: int) -> tuple[BloscCodec | Crc32cCodec, ...]:
-    """The bytes codecs of an item: Blosc (unless ``none``), then a CRC-32C checksum of the stored bytes, so
-    a flipped byte is an error on read rather than silently wrong values."""
-    if name == "none":
-        return (Crc32cCodec(),)
-    return (BloscCodec(cname=name, clevel=level, shuffle="bitshuffle" if name == "zstd" else "shuffle"), Crc32cCodec())
-
-
-def as_stored_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "int16":
-        info = np.iinfo(np.int16)
-        return np.clip(np.rint(array), info.min, info.max).astype(np.int16)
-    if dtype == "float16":
-        finite = np.abs(array[np.isfinite(array)])
-        if finite.size and finite.max() > 65504:
-            raise ValueError(f"values up to {finite.max():g} overflow float16; normalise intensities or use store.dtype float32")
-    return array.astype(DTYPES[dtype])
-
-
-def _reason(err: BaseException) -> str:
-    """A short cause: what zarr, blosc or json said, without raw bytes."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, json.JSONDecodeError):
-        return "not valid JSON"
-    if "checksum do not match" in text:
-        return "checksum mismatch"
-    if "blosc" in text.lower():
-        return "the compressed bytes do not decode"
-    return f"{type(err).__name__}: {text[:120]}" if text else type(err).__name__
-
-
-def _remedy(path: str) -> str:
-    """What to do about a damaged store: re-run the step that wrote it (from the artefact's manifest)."""
-    try:
-        kind = json.loads((Path(path).parent / "manifest.json").read_text())["kind"]
-        return f"re-run medgen {WRITERS[kind]} to rebuild it"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "re-run the step that wrote it"
-
-
-def _chunk_name(coords: tuple[int, ...]) -> str:
-    return ".".join(str(c) for c in coords)
-
-
-def _blank_chunks(arr: zarr.Array, region: tuple[slice, ...], values: np.ndarray) -> list[tuple[int, ...]]:
-    """Chunks overlapping ``region`` whose part of ``values`` is all zero bits (what an absent chunk reads as)."""
-    bits = np.ascontiguousarray(values).view(f"u{values.itemsize}")  # integer test: fast for float16 too
-    bounds = [r.indices(n)[:2] for r, n in zip(region, arr.shape)]
-    axes = [range(lo // c, (hi - 1) // c + 1) if hi > lo else range(0) for (lo, hi), c in zip(bounds, arr.chunks)]
-    out = []
-    for coords in itertools.product(*axes):
-        part = tuple(slice(max(k * c, lo) - lo, min((k + 1) * c, hi) - lo)
-                     for k, c, (lo, hi) in zip(coords, arr.chunks, bounds))
-        if not bits[part].any():
-            out.append(coords)
-    return out
-
-
-def damaged(path: str, why: str, item_id: str | None = None) -> DamagedStore:
-    """``<store> item <id>: <why>; re-run <the step that wrote it>.``"""
-    where = path if item_id is None else f"{path} item {item_id}"
-    return DamagedStore(f"{where}: {why}; {_remedy(path)}.")
 
 
 class Store:
@@ -162,7 +72,7 @@ class Store:
         try:
             self._items = group.require_group("items") if not group.read_only else group["items"]
         except Exception as err:  # noqa: BLE001 - zarr raises KeyError, JSON and type errors alike
-            raise damaged(path, f"its items group (items/zarr.json) is missing or damaged ({_reason(err)})") from None
+            raise damaged(path, f"its items group (items/zarr.json) is missing or damaged ({reason(err)})") from None
         self._index: dict[str, zarr.Array] | None = None  # item id -> array, after the one listing
         self._damaged: dict[str, str] = {}  # item id -> why its metadata is unreadable
         self._stacks = Stacks(group)  # stacked items (format 2), indexed with the items
@@ -177,7 +87,7 @@ class Store:
                 raise damaged(path, "the store's metadata (zarr.json) is missing") from None
             raise ValueError(f"{path} is not a zarr store.") from None
         except (ValueError, TypeError, KeyError) as err:  # unparsable zarr.json
-            raise damaged(path, f"the store's metadata (zarr.json) is damaged ({_reason(err)})") from None
+            raise damaged(path, f"the store's metadata (zarr.json) is damaged ({reason(err)})") from None
         return cls(group, path)
 
     @classmethod
@@ -194,7 +104,7 @@ class Store:
             except zarr.errors.ContainsGroupError:  # another worker created it between our check and our write
                 time.sleep(0.05 * (attempt + 1))
             except (ValueError, TypeError, KeyError) as err:
-                raise DamagedStore(f"{path}: the store's metadata (zarr.json) is damaged ({_reason(err)}); "
+                raise DamagedStore(f"{path}: the store's metadata (zarr.json) is damaged ({reason(err)}); "
                                    "remove it (or pass --overwrite) and run again.") from None  # our own output
         raise DamagedStore(f"{path}: the store could not be opened for writing: other processes kept creating it "
                            "at the same time; run again.")
@@ -219,7 +129,7 @@ class Store:
             elif isinstance(node, KeyError) and str(node).strip("'\"") == name:
                 self._damaged[name] = "its metadata (zarr.json) is missing"
             elif isinstance(node, Exception):
-                self._damaged[name] = f"its metadata (zarr.json) is damaged ({_reason(node)})"
+                self._damaged[name] = f"its metadata (zarr.json) is damaged ({reason(node)})"
             elif isinstance(node, BaseException):
                 raise node
             # a group inside items/ is not an item
@@ -287,7 +197,7 @@ class Store:
                 if not self._exists(f"{item_id}/c"):
                     raise KeyError(f"{self.path} has no item {item_id!r}") from None
                 raise damaged(self.path, "its metadata (zarr.json) is missing", item_id) from None
-            raise damaged(self.path, f"its metadata (zarr.json) is damaged ({_reason(err)})", item_id) from None
+            raise damaged(self.path, f"its metadata (zarr.json) is damaged ({reason(err)})", item_id) from None
 
     def _exists(self, key: str) -> bool:
         store, base = self._items.store_path.store, self._items.store_path.path
@@ -329,7 +239,7 @@ class Store:
         try:
             return ImageMeta.from_attrs(attrs)
         except (KeyError, ValueError, TypeError) as err:
-            raise damaged(self.path, f"its geometry attributes are damaged ({_reason(err)})", item_id) from None
+            raise damaged(self.path, f"its geometry attributes are damaged ({reason(err)})", item_id) from None
 
     def read(self, item_id: str, region: tuple[slice, ...] | None = None, dtype: Any = np.float32) -> np.ndarray:
         """Item values (or a region of them) as ``dtype`` (float32; None keeps the stored type).
@@ -348,34 +258,14 @@ class Store:
         try:
             values = np.asarray(arr[region])
         except Exception as err:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ... on bad bytes
-            bad = self._first_bad_chunk(arr)
-            which = "a chunk" if bad is None else f"chunk {_chunk_name(bad)}"
-            raise damaged(self.path, f"{which} is missing or damaged ({_reason(err)})", item_id) from None
+            bad = first_bad_chunk(arr)
+            which = "a chunk" if bad is None else f"chunk {chunk_name(bad)}"
+            raise damaged(self.path, f"{which} is missing or damaged ({reason(err)})", item_id) from None
         if arr.attrs.get("all_chunks") and all(isinstance(r, slice) and r.step in (None, 1) for r in region):
-            missing = self._missing_chunks(arr, _blank_chunks(arr, region, values))
+            missing = missing_chunks(arr, blank_chunks(arr, region, values))
             if missing:
-                raise damaged(self.path, f"chunk {_chunk_name(missing[0])} is missing or damaged (it is absent)", item_id)
+                raise damaged(self.path, f"chunk {chunk_name(missing[0])} is missing or damaged (it is absent)", item_id)
         return values if dtype is None else values.astype(dtype, copy=False)
-
-    def _missing_chunks(self, arr: zarr.Array, coords: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        if not coords:
-            return []
-        store, base = arr.store_path.store, arr.store_path.path
-        keys = [f"{base}/{arr.metadata.encode_chunk_key(c)}" for c in coords]
-
-        async def exist():
-            return await asyncio.gather(*(store.exists(k) for k in keys))
-
-        return [c for c, ok in zip(coords, sync(exist())) if not ok]
-
-    def _first_bad_chunk(self, arr: zarr.Array) -> tuple[int, ...] | None:
-        """The first chunk of the array that does not decode (None if each decodes on its own)."""
-        for coords in np.ndindex(*arr.cdata_shape):
-            try:
-                arr.blocks[coords]
-            except Exception:  # noqa: BLE001
-                return tuple(int(c) for c in coords)
-        return None
 
     def read_many(self, ids: list[str], dtype: Any = np.float32) -> list[np.ndarray]:
         """The values of several items; stacked items are read with one selection per stack group."""
@@ -386,7 +276,7 @@ class Store:
         except Exception as err:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ... on bad bytes
             for item_id in stacked:  # name the first item that does not read
                 self._read_stacked(item_id, (), dtype)
-            raise damaged(self.path, f"a shard is missing or damaged ({_reason(err)})") from None
+            raise damaged(self.path, f"a shard is missing or damaged ({reason(err)})") from None
         out = [got[i] if i in got else self.read(i, dtype=None) for i in ids]
         return out if dtype is None else [v.astype(dtype, copy=False) for v in out]
 
@@ -396,7 +286,7 @@ class Store:
         except LookupError as err:
             raise damaged(self.path, f"{err.args[0]} is missing or damaged (it is absent)", item_id) from None
         except Exception as err:  # noqa: BLE001
-            raise damaged(self.path, f"its row is missing or damaged ({_reason(err)})", item_id) from None
+            raise damaged(self.path, f"its row is missing or damaged ({reason(err)})", item_id) from None
         return values if dtype is None else values.astype(dtype, copy=False)
 
     def read_item(self, item_id: str) -> tuple[np.ndarray, ImageMeta]:
@@ -417,8 +307,7 @@ class Store:
     def write(self, item_id: str, array: np.ndarray, meta: ImageMeta, *, dtype: str = "float16",
               chunks: tuple[int, ...] | None = None, codec: str = "zstd", level: int = 3, **attrs: Any) -> None:
         """Write one item atomically: data first (every chunk), then ``complete: true``."""
-        if "/" in item_id or not item_id or item_id.startswith(".") or item_id == "zarr.json":
-            raise ValueError(f"item id {item_id!r} must be non-empty, must not contain '/' and must not start with '.'")
+        check_item_id(item_id)
         data = as_stored_dtype(np.asarray(array), dtype)
         chunks = tuple(min(c, s) for c, s in zip(chunks, data.shape)) if chunks and len(chunks) == data.ndim \
             else default_chunks(data.shape)
@@ -428,19 +317,19 @@ class Store:
             self._damaged.pop(item_id, None)
         arr = self._items.create_array(
             item_id, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=compressor(codec, level),
-            fill_value=0, attributes=_jsonable(item_attrs), overwrite=True, config=KEEP_CHUNKS,
+            fill_value=0, attributes=jsonable(item_attrs), overwrite=True, config=KEEP_CHUNKS,
         )
         arr[...] = data
         arr.attrs.update({"complete": True})
         if self._index is not None:
             self._index[item_id] = arr
 
-    def stack_writer(self, tag: str = "0", *, codec: str = "zstd", level: int = 3) -> "_ItemStackWriter":
+    def stack_writer(self, tag: str = "0", *, codec: str = "zstd", level: int = 3) -> "ItemStackWriter":
         """A buffered writer of stacked items (`write_many`): call ``add(id, array, meta, dtype=..., **attrs)``
         then ``flush()``; an item is complete (and listed) once the shard it is in was flushed."""
         self._scan()
         writer = StackWriter(self._stacks, tag, compressor(codec, level), KEEP_CHUNKS)
-        return _ItemStackWriter(writer)
+        return ItemStackWriter(writer)
 
     def write_many(self, items: list[tuple[str, np.ndarray, ImageMeta]], *, dtype: str = "float16", tag: str = "0",
                    codec: str = "zstd", level: int = 3, **attrs: Any) -> None:
@@ -452,7 +341,7 @@ class Store:
         writer.flush()
 
     def set_attrs(self, item_id: str, **attrs: Any) -> None:
-        self.array(item_id).attrs.update(_jsonable(attrs))
+        self.array(item_id).attrs.update(jsonable(attrs))
 
     # ------------------------------------------------------------------------------------ checking
     def check(self, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
@@ -467,7 +356,7 @@ class Store:
                 report["incomplete"] += 1
             else:
                 report["unverified"] += not arr.attrs.get("all_chunks")
-                why = self._check_item(arr, report, require_all=bool(arr.attrs.get("all_chunks")))
+                why = check_item(arr, report, require_all=bool(arr.attrs.get("all_chunks")))
                 if why:
                     bad[item_id] = why
             if progress is not None:
@@ -479,90 +368,11 @@ class Store:
         report["damaged"] = dict(sorted(bad.items()))
         return report
 
-    def _check_item(self, arr: zarr.Array, report: dict[str, Any], require_all: bool = True) -> str | None:
-        store, base = arr.store_path.store, arr.store_path.path
-
-        async def listing():
-            return {k async for k in store.list_prefix(f"{base}/")}
-
-        present = sync(listing())
-        for coords in np.ndindex(*arr.cdata_shape):
-            report["chunks"] += 1
-            key = f"{base}/{arr.metadata.encode_chunk_key(coords)}"
-            if key not in present:
-                if require_all:
-                    return f"chunk {_chunk_name(coords)} is absent"
-                continue
-            try:
-                arr.blocks[coords]
-            except Exception as err:  # noqa: BLE001 - any decoding failure is damage
-                return f"chunk {_chunk_name(coords)} does not decode: {_reason(err)}"
-        return None
-
     # ------------------------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
-        """What `medgen inspect` shows: items per split, shapes, dtypes, spacing range, sizes."""
-        splits, shapes, mappings = Counter(), Counter(), Counter()
-        dtypes, modalities, subjects = set(), set(), set()
-        spacing_min = spacing_max = None
-        raw = stored = incomplete = 0
+        """What `medgen inspect` shows: items per split, shapes, dtypes, spacing range, sizes (`summarise`)."""
         index = self._scan()
         self._raise_damaged()
         stacked = [self.array(i) for i in self._stacks.locs]
-        for arr in [a for i, a in index.items() if i not in self._stacks.locs] + stacked:
-            attrs = dict(arr.attrs)
-            if not attrs.get("complete", False):
-                incomplete += 1
-                continue
-            splits[attrs.get("split", "")] += 1
-            shapes["x".join(str(s) for s in arr.shape)] += 1
-            dtypes.add(str(arr.dtype))
-            modalities.add(attrs.get("modality", "OT"))
-            subjects.add(attrs.get("subject", ""))
-            mappings[IntensityMapping.from_dict(attrs.get("intensity")).describe()] += 1
-            sp = np.asarray(attrs.get("spacing", [1, 1, 1]), dtype=float)[: arr.ndim]
-            spacing_min = sp if spacing_min is None else np.minimum(spacing_min, sp)
-            spacing_max = sp if spacing_max is None else np.maximum(spacing_max, sp)
-            raw += arr.nbytes
-            stored += 0 if isinstance(arr, StackedView) else arr.nbytes_stored()
-        stored += self._stacks.stored_bytes() if stacked else 0
-        return {
-            "name": self.attrs.get("name", ""), "items": sum(splits.values()), "incomplete_items": incomplete,
-            "subjects": len(subjects), "splits": dict(sorted(splits.items())), "shapes": dict(shapes),
-            "dtypes": sorted(dtypes), "modalities": sorted(modalities), "intensity": dict(mappings),
-            "spacing_min": None if spacing_min is None else [round(float(v), 4) for v in spacing_min],
-            "spacing_max": None if spacing_max is None else [round(float(v), 4) for v in spacing_max],
-            "bytes_raw": int(raw), "bytes_stored": int(stored),
-            "compression_ratio": round(raw / stored, 2) if stored else None,
-        }
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays and tuples -> plain JSON types (zarr attributes are JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-class _ItemStackWriter:
-    """`StackWriter` taking items as `Store.write` does: (id, array, meta, dtype, **attrs)."""
-
-    def __init__(self, writer: StackWriter):
-        self.writer = writer
-
-    def add(self, item_id: str, array: np.ndarray, meta: ImageMeta, *, dtype: str = "float16", **attrs: Any) -> None:
-        if "/" in item_id or not item_id or item_id.startswith("."):
-            raise ValueError(f"item id {item_id!r} must be non-empty, must not contain '/' and must not start with '.'")
-        data = as_stored_dtype(np.asarray(array), dtype)
-        self.writer.add(item_id, data, {**meta.to_attrs(), **attrs})  # the segment stores them as JSON
-
-    def flush(self) -> None:
-        self.writer.flush()
+        arrays = [a for i, a in index.items() if i not in self._stacks.locs] + stacked
+        return summarise(self.attrs.get("name", ""), arrays, self._stacks.stored_bytes() if stacked else 0)

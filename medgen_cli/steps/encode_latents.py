@@ -36,8 +36,8 @@ from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
 from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
+from ..runtime import inference_device
 from ..settings.prior import EncodeSettings
-from ..train.precision import select_device
 from ..viz.previews import latent_preview
 from ._load import load_autoencoder
 
@@ -149,12 +149,7 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
             other settings).
         progress: ``progress(done, total, text)`` after every batch.
     """
-    if settings.runtime.threads:
-        torch.set_num_threads(settings.runtime.threads)
-    try:
-        device = select_device(settings.runtime.device)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    device = inference_device(settings.runtime.device, settings.runtime.threads)
     store, refs = _open_inputs(settings)
     ids = store.ids()
     if not ids:

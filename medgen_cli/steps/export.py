@@ -42,9 +42,10 @@ from ..inference import AutoencoderTiler, TilingOptions
 from ..meta import IntensityMapping
 from ..io import fs
 from ..io.store import DamagedStore, Store, store_path
+from ..loaders.summaries import summary_record
 from ..models.registry import build_autoencoder
+from ..runtime import inference_device
 from ..settings.evaluate import ExportSettings
-from ..train.precision import select_device
 from ._load import MODEL_FILE, MODEL_JSON, load_autoencoder
 from .evaluate_metrics import batches
 
@@ -82,8 +83,6 @@ def run(settings: ExportSettings, out: Path | str, *, overwrite: bool = False,
     """
     if not settings.source:
         raise UsageError("nothing to export: give the source artefact (medgen export SRC --format ... --out DIR)")
-    if settings.runtime.threads:
-        torch.set_num_threads(settings.runtime.threads)
     if settings.is_model_format:
         return _export_model(settings, fs.location(out), overwrite, progress)
     return _export_images(settings, fs.location(out), overwrite, progress)
@@ -129,12 +128,10 @@ def _export_images(settings: ExportSettings, out: Path, overwrite: bool, progres
     if settings.decode:
         ae = find_upstream(source, "autoencoder")
         inputs.append(input_ref(ae, "autoencoder", "autoencoder"))
-        try:
-            device = select_device(settings.runtime.device)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        device = inference_device(settings.runtime.device, settings.runtime.threads)
         items = _decoded(source, store, ids, ae, device, settings.batch_size, TilingOptions(**settings.tiling.options()))
     else:
+        inference_device("cpu", settings.runtime.threads)  # torch's threads only: nothing runs on a device
         items = ((i, store.read(i), store.meta(i)) for i in ids)
 
     writer, partial = _writer(settings, out, inputs, overwrite)
@@ -176,8 +173,9 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
     mapping, subject) of its source item (``source_id``) in the data artefact the latents were made from.
     """
     manifest = require(source, "latents")
+    latents = summary_record("latents", manifest.summary, source)
     data_ref = next((r for r in manifest.inputs if r.role == "data"), None)
-    data_store = store_path(data_ref.path, manifest.settings.get("store", "main")) if data_ref else "(none recorded)"
+    data_store = store_path(data_ref.path, latents.data_store) if data_ref else "(none recorded)"
     try:
         data = Store.open(data_store)
     except DamagedStore:
@@ -191,7 +189,7 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
     except ValueError as err:
         raise UsageError(str(err)) from None
     top = None
-    if info.get("kind") == "vqvae2":
+    if "top" in latents.stores:  # two levels of codes (VQ-VAE-2): decode the bottom codes with the top ones
         try:
             top = Store.open(store_path(source, "top"))
         except DamagedStore:
@@ -224,7 +222,8 @@ def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress
     manifest = require(source, "autoencoder")
     if fmt == "onnx" and (reason := mx.onnx_missing()):
         raise UsageError(reason)
-    model, info = load_autoencoder(source, "cpu")  # exported modules run anywhere; trace on the CPU
+    device = inference_device("cpu", settings.runtime.threads)  # exported modules run anywhere; trace on the CPU
+    model, info = load_autoencoder(source, device)
     writer, partial = _writer(settings, out, [input_ref(source, "autoencoder", "autoencoder")], overwrite)
     try:
         (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")

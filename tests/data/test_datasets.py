@@ -153,7 +153,7 @@ def _sequences(make_store, name, offset, subjects=2, per_subject=3, split=lambda
 
 
 def test_auto_join_is_item_when_ids_match_else_subject(make_store):
-    from medgen_cli.data.datasets import resolve_join
+    from medgen_cli.data.paired import resolve_join
 
     main = _sequences(make_store, "main", 0)
     low = _sequences(make_store, "lowdose", 100)
