@@ -12,12 +12,12 @@ For example 04 (CT 2x super-resolution: 3D volumes, condition joined by subject)
 
 Every sampler runs through ``medgen sample``'s own code: settings from ``load_settings`` as the CLI builds
 them (``--all --set condition.split=test -n 1 --seed K --sampler X --steps N``), the conditions from
-``sample._jobs`` and ``steps/_diffusion.py``, the latents from ``sample.SAMPLERS['diffusion']``, decoding
+``steps/_sample_jobs.jobs_for`` and ``steps/_diffusion.py``, the latents from the diffusion prior kind's ``sample``, decoding
 and clipping as ``sample.run`` does, the generator seeded as ``sample.run`` seeds a condition's first
 batch. So every configuration of one condition item and seed starts from the same x_T (captured by a
 forward hook and compared: ``same_start_noise``).
 
-Scores: ``steps.evaluate_metrics.item_metrics`` (medgen evaluate's paired metrics, data range = the true
+Scores: ``metrics.items.item_metrics`` (medgen evaluate's paired metrics, data range = the true
 range of the item's intensity window): each sample against its target (the true full-resolution CT, the
 full-dose sequence) and against the DDPM-1,000 sample from the same noise. The headline SSIM is slice-wise
 across axis 2, as both examples' evaluate calls report it (05's 8 frames are too thin for 3D SSIM).
@@ -66,13 +66,17 @@ from medgen_cli.settings import (
     load_settings,
     validate_settings,
 )
-from medgen_cli.settings.prior import DIFFUSION_ONLY, FLOW_SAMPLERS
+from medgen_cli.settings.diffusion import DIFFUSION_ONLY, FLOW_SAMPLERS
 from medgen_cli.steps import _diffusion, encode_latents, preprocess, sample, train_ae, train_prior
 from medgen_cli.inference import AutoencoderTiler, TilingOptions
-from medgen_cli.settings.prior import TilingSettings
+from medgen_cli.settings.tiling import TilingSettings
 from medgen_cli.steps._load import load_autoencoder
-from medgen_cli.steps._priors import load_prior, prior_lineage
-from medgen_cli.steps.evaluate_metrics import item_metrics
+from medgen_cli.loaders.prior import PriorRecord, load_prior
+from medgen_cli.priors import prior_kind
+from medgen_cli.steps._sample_jobs import jobs_for
+from medgen_cli.steps._sample_output import decode
+from medgen_cli.loaders.latents import prior_lineage
+from medgen_cli.metrics.items import item_metrics
 
 LADDER = (("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10),
           ("dpmpp_2m", 5), ("flow_euler", 30), ("flow_euler", 10), ("flow_euler", 5), ("flow_heun", 30),
@@ -200,6 +204,10 @@ class Prior:
     info: dict[str, Any]
     clock: DenoiserClock
 
+    @property
+    def record(self) -> PriorRecord:
+        return PriorRecord.model_validate(self.info)
+
     @classmethod
     def open(cls, path: Path) -> Prior:
         model, info = load_prior(path, "cpu")
@@ -218,9 +226,9 @@ def held_out_items(priors: dict[str, Prior], data: Store, split: str, max_items:
     """The held-out condition items (first ``max_items``), each with its target and its condition per prior."""
     items = []
     for family, prior in priors.items():
-        jobs, conds = sample._jobs(sample_settings(prior.path, "ddim" if family == "diffusion" else "flow_euler", 1, 0,
-                                                   split), prior.info, torch.device("cpu"))
-        codecs = _diffusion.condition_codecs(prior.info, conds)
+        jobs, conds = jobs_for(sample_settings(prior.path, "ddim" if family == "diffusion" else "flow_euler", 1, 0,
+                                                   split), prior.record, torch.device("cpu"))
+        codecs = _diffusion.condition_codecs(prior.record, conds)
         for n, job in enumerate(jobs[:max_items]):
             if family == "diffusion":
                 item = job.item or data.subjects()[job.subject][0]
@@ -228,7 +236,7 @@ def held_out_items(priors: dict[str, Prior], data: Store, split: str, max_items:
                 items.append({"key": job.item or job.subject, "item": item, "target": target, "meta": meta, "cond": {}})
             if items[n]["key"] != (job.item or job.subject):
                 raise SystemExit(f"{prior.path} draws for {job.item or job.subject}, the diffusion prior for {items[n]['key']}")
-            items[n]["cond"][family] = _diffusion.prepare_conditions(prior.info, codecs, job.cond)
+            items[n]["cond"][family] = _diffusion.prepare_conditions(prior.record, codecs, job.cond)
     return items
 
 
@@ -238,10 +246,10 @@ def draw(prior: Prior, ae: nn.Module, settings: SampleSettings, item: dict[str, 
     prior.clock.reset()
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(sample._seed(settings.runtime.seed, item["key"], 0))
-    draws = sample.SAMPLERS["diffusion"](prior.model, prior.info, 1, item["cond"][family], None, settings.sampler,
+    draws = prior_kind("diffusion").sample(prior.model, prior.record, 1, item["cond"][family], None, settings.sampler,
                                          generator)
     t1 = time.perf_counter()
-    image = sample._decode(ae, prior.info["latents"], draws)[0]
+    image = decode(ae, prior.record.latents, draws)[0]
     mapping = item["meta"].intensity
     if mapping.clip:
         image = np.clip(image, *sorted((mapping.out_low, mapping.out_high)))
@@ -373,7 +381,7 @@ def main() -> None:
         "training_run_seen": busy, "max_foreign_cpu_share": foreign, **gate.report(),
         "torch_threads": torch.get_num_threads(), "ladder": [key(*c) for c in ladder], "reference": key(*ladder[0]),
         "goal": f"<= {GOAL_STEPS} steps within {GOAL_SSIM} slice-wise SSIM (vs targets) of the reference",
-        "metrics": "steps.evaluate_metrics.item_metrics (medgen evaluate's paired metrics; ssim_slicewise across "
+        "metrics": "metrics.items.item_metrics (medgen evaluate's paired metrics; ssim_slicewise across "
                    f"axis {AXIS} is the headline; data range = the item's intensity window)",
         "caveat": "each example holds out one subject (04: one CT; 05: overlapping sequences of one CT): "
                   "a demonstration, not a validation",

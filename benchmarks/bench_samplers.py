@@ -11,7 +11,7 @@ each against the true volume.
 Sampling goes through ``medgen sample``'s own code: the settings are built by ``load_settings``
 exactly as the CLI builds them (``--subject S --seed K -n 1 --sampler ddim|ddpm --steps N``), the
 prior and autoencoder are loaded as ``sample.run`` loads them, the condition is prepared by its
-``_jobs`` + ``steps/_diffusion.py``, the latents are drawn by ``sample.SAMPLERS["diffusion"]`` and
+``jobs_for`` + ``steps/_diffusion.py``, the latents are drawn by the diffusion prior kind's ``sample`` and
 decoded and clipped as ``sample.run`` does, with the generator seeded as ``sample.run`` seeds the
 first batch of one subject. The start noise is therefore the same for both samplers of a seed (the
 first denoiser input is captured and compared); one ``sample.run`` call per sampler checks that the
@@ -23,7 +23,7 @@ drawing time / steps; ``ms_per_denoiser_call`` = median time of one UNet call (f
 Figures per item are medians over seeds; DDIM and DDPM run in turn (A B A B ...) after one warm-up.
 Disturbed runs are redone while the ``--quiet-wait`` budget lasts (see benchmarks/README.md).
 
-Scores: ``steps.evaluate_metrics.item_metrics`` (what ``medgen evaluate`` computes: 3D SSIM, slice-wise
+Scores: ``metrics.items.item_metrics`` (what ``medgen evaluate`` computes: 3D SSIM, slice-wise
 SSIM along axis 2, MS-SSIM, PSNR on the true data range of the CT window, MAE/RMSE also in HU), for
 DDIM, DDPM, trilinear upsampling of the low-resolution input (``examples/04_ct_superres/trilinear.py``)
 and the autoencoder's own reconstruction (the ceiling of any latent model); ``ddim_vs_ddpm`` scores
@@ -58,8 +58,13 @@ from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import SampleSettings, load_settings
 from medgen_cli.steps import _diffusion, sample
 from medgen_cli.steps._load import load_autoencoder
-from medgen_cli.steps._priors import load_prior, prior_lineage
-from medgen_cli.steps.evaluate_metrics import item_metrics, reconstruct_items
+from medgen_cli.loaders.prior import PriorRecord, load_prior
+from medgen_cli.priors import prior_kind
+from medgen_cli.steps._sample_jobs import jobs_for
+from medgen_cli.steps._sample_output import decode
+from medgen_cli.loaders.latents import prior_lineage
+from medgen_cli.metrics.features import reconstruct_items
+from medgen_cli.metrics.items import item_metrics
 
 TRILINEAR = Path(__file__).resolve().parent.parent / "examples" / "04_ct_superres" / "trilinear.py"
 LOW_STORE = "downsample2"  # the derived store example 04 conditions on
@@ -124,6 +129,7 @@ class Run:
         self.prior = run_dir / "prior"
         self.device = torch.device("cpu")
         self.model, self.info = load_prior(self.prior, self.device)
+        self.record = PriorRecord.model_validate(self.info)
         if self.info["kind"] != "diffusion" or not self.info.get("conditions"):
             raise SystemExit(f"{self.prior} holds a {self.info['kind']} prior without latent conditions; "
                              "this benchmark needs example 04's conditional diffusion prior.")
@@ -134,22 +140,22 @@ class Run:
 
     def condition(self, settings: SampleSettings) -> tuple[Any, list[torch.Tensor]]:
         """The subject's sampling job and condition channels, prepared as ``sample.run`` prepares them."""
-        jobs, conds = sample._jobs(settings, self.info, self.device)
-        codecs = _diffusion.condition_codecs(self.info, conds)
-        return jobs[0], _diffusion.prepare_conditions(self.info, codecs, jobs[0].cond)
+        jobs, conds = jobs_for(settings, self.record, self.device)
+        codecs = _diffusion.condition_codecs(self.record, conds)
+        return jobs[0], _diffusion.prepare_conditions(self.record, codecs, jobs[0].cond)
 
     @torch.no_grad()
     def draw(self, settings: SampleSettings, job_cond: tuple[Any, list[torch.Tensor]],
              bounds: tuple[float, float] | None) -> tuple[np.ndarray, dict[str, Any]]:
-        """One item: latents by ``sample.SAMPLERS['diffusion']``, decoded and clipped as ``sample.run`` does."""
+        """One item: latents by the diffusion prior kind's ``sample``, decoded and clipped as ``sample.run`` does."""
         self.clock.reset()
         t0 = time.perf_counter()
         job, cond = job_cond
         seed = sample._seed(settings.runtime.seed, job.item or job.subject or "", 0)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        draws = sample.SAMPLERS["diffusion"](self.model, self.info, 1, cond, None, settings.sampler, generator)
+        draws = prior_kind("diffusion").sample(self.model, self.record, 1, cond, None, settings.sampler, generator)
         t1 = time.perf_counter()
-        image = sample._decode(self.ae, self.info["latents"], draws)[0]
+        image = decode(self.ae, self.record.latents, draws)[0]
         if bounds is not None:
             image = np.clip(image, *bounds)
         t2 = time.perf_counter()
@@ -365,7 +371,7 @@ def main() -> None:
         "caveat": (f"figures rest on {n_test} held-out subject(s) and {len(seeds)} seed(s): a demonstration, "
                    "not a validation; train figures are in-sample"),
         "settings": {"steps": steps, "seeds": seeds, "eta_ddim": 0.0, "sampler_options": options, "axis": AXIS,
-                     "device": "cpu", "splits": list(splits), "metrics": "steps.evaluate_metrics.item_metrics "
+                     "device": "cpu", "splits": list(splits), "metrics": "metrics.items.item_metrics "
                      "(medgen evaluate's paired metrics; data range = the CT window in stored values)"},
         "prior": prior_summary(run),
         "same_start_noise": same_noise,

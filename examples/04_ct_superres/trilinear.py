@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from medgen_cli.io.store import Store, store_path
-from medgen_cli.steps.evaluate_metrics import item_metrics
+from medgen_cli.metrics.items import item_metrics
 
 
 def main(prep: str, split: str | None = None, low_store: str = "downsample2", axis: int = 2) -> dict:

@@ -179,7 +179,7 @@ def train_prior_cmd(
     Under torchrun (torchrun --nproc_per_node=N -m medgen_cli.cli train-prior ...) it trains with DistributedDataParallel; only rank 0 writes.
     """
     from ..settings import TrainPriorSettings
-    from ..settings.prior import TOKEN_KINDS
+    from ..priors import prior_kind
     from ..steps import train_prior
 
     with handled():
@@ -197,7 +197,7 @@ def train_prior_cmd(
             best = (f", best validation loss {s['best_loss']:.4f} at step {s['best_step']}"
                     if s.get("best_loss") is not None else "")
             bits = f", {val['bits_per_token']:.3f} bits/token" if "bits_per_token" in val else ""
-            what = "codes" if s["kind"] in TOKEN_KINDS else "latents"  # the one list of priors over codes
+            what = prior_kind(s["kind"]).draws  # codes (token priors) or latents, as the kind declares
             console.print(f"[green]wrote[/] {escape(str(out))} ({s['kind']} over {s['grid_shape']} {what}, {s['steps']} steps{best}{bits}; "
                           f"weights from step {s['selected_step']})")
 

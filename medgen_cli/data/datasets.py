@@ -23,9 +23,7 @@ from torch.utils.data import Dataset
 
 from .masks import MaskOption, mask_tensor, open_mask_store
 from .paired import JOINS, PairedDataset, resolve_join
-from .paired import view_order as _view_order  # noqa: F401 - data/latents.py imports it from here
 from .stores import StoreLike, common_shape, data_range, open_store, split_ids, to_tensor
-from .stores import common_shape as _common_shape, split_ids as _split_ids  # noqa: F401 - as data/latents.py does
 
 __all__ = ["JOINS", "ItemDataset", "PatchDataset", "PairedDataset", "StoreLike", "data_range", "open_mask_store",
            "open_store", "resolve_join"]

@@ -43,7 +43,9 @@ from torch.utils.data import Dataset
 
 from ..meta import ImageMeta, IntensityMapping
 from ..io.store import Store
-from .datasets import PairedDataset, StoreLike, _common_shape, _split_ids, _view_order, open_store, resolve_join
+from .datasets import StoreLike, open_store
+from .paired import PairedDataset, resolve_join, view_order as _view_order
+from .stores import common_shape as _common_shape, split_ids as _split_ids
 
 __all__ = ["ContinuousLatentsDataset", "LatentCodec", "LatentsDataset", "condition_channels", "condition_items",
            "condition_subjects", "latent_meta", "read_latent", "resize_latents", "resolve_join", "subject_conditions",

@@ -47,7 +47,7 @@ from ..models.registry import build_autoencoder
 from ..runtime import inference_device
 from ..settings.evaluate import ExportSettings
 from ._load import MODEL_FILE, MODEL_JSON, load_autoencoder
-from .evaluate_metrics import batches
+from ..metrics.features import batches
 
 log = logging.getLogger(__name__)
 
