@@ -51,11 +51,7 @@ class ExportCheckError(StepFailed):
 
 # ------------------------------------------------------------------------------------ wrappers
 class LatentEncoder(nn.Module):
-    """Image -> latents (``encode_to_latents``).
-
-    Args:
-        model: the autoencoder.
-    """
+    """Image -> latents (``encode_to_latents`` of the autoencoder ``model``)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -66,11 +62,7 @@ class LatentEncoder(nn.Module):
 
 
 class LatentDecoder(nn.Module):
-    """Latents -> image (``decode_latents``).
-
-    Args:
-        model: the autoencoder.
-    """
+    """Latents -> image (``decode_latents`` of the autoencoder ``model``)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -81,11 +73,7 @@ class LatentDecoder(nn.Module):
 
 
 class IndexEncoder(nn.Module):
-    """Image -> code indices (``encode_to_indices``; a (top, bottom) pair for VQ-VAE-2).
-
-    Args:
-        model: a VQ autoencoder.
-    """
+    """Image -> code indices (``encode_to_indices`` of the VQ autoencoder ``model``; VQ-VAE-2: (top, bottom))."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -96,11 +84,7 @@ class IndexEncoder(nn.Module):
 
 
 class IndexDecoder(nn.Module):
-    """Code indices -> image (``decode_indices``; VQ-VAE-2 takes top and bottom).
-
-    Args:
-        model: a VQ autoencoder.
-    """
+    """Code indices -> image (``decode_indices`` of the VQ autoencoder ``model``; VQ-VAE-2 takes top and bottom)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -294,6 +278,49 @@ def _lineage_lines(node: dict[str, Any], depth: int = 0) -> list[str]:
     return lines
 
 
+def _model_section(info: dict[str, Any], summary: dict[str, Any]) -> str:
+    config = info.get("config", {})
+    return _bullets({
+        "architecture": f"{info.get('kind')} ({info.get('spatial_dims')}D), channels {config.get('channels')}",
+        "input": f"(B, {config.get('in_channels', 1)}, {', '.join(map(str, info.get('input_shape', [])))}) stored values",
+        "latents": f"(B, {', '.join(map(str, info.get('latent_shape', [])))})",
+        "codebook": config.get("num_embeddings"),  # VQ configs only
+        "latent scale (KL)": info.get("latent_scale"),
+        "parameters": summary.get("parameters"),
+        "weights": f"{info.get('weights', 'model')} weights of step {info.get('step')}",
+    })
+
+
+def _metrics_section(summary: dict[str, Any]) -> str:
+    val = summary.get("val") or {}
+    return _bullets({
+        "training steps": summary.get("steps"),
+        "best validation SSIM": (f"{summary['best_ssim']:.4f} at step {summary.get('best_step')}"
+                                 if isinstance(summary.get("best_ssim"), (int, float)) else None),
+        **{f"last validation {k}": f"{v:.4g}" for k, v in val.items() if isinstance(v, (int, float))},
+    }) or "- none recorded"
+
+
+def _data_section(data: dict[str, Any] | None) -> str:
+    if not data:
+        return "- the training data artefact was not available at export time"
+    return _bullets({
+        "items": data.get("items"), "subjects": data.get("subjects"), "splits": data.get("splits"),
+        "shapes": data.get("shapes"), "modalities": data.get("modalities"), "intensity": data.get("intensity"),
+        "spacing (mm)": f"{data.get('spacing_min')} .. {data.get('spacing_max')}",
+    })
+
+
+def _training_section(settings: dict[str, Any]) -> str:
+    data = settings.get("data", {})
+    return _bullets({
+        "data": f"`{data.get('path')}` store {data.get('store')}, split {data.get('train_split')}",
+        "loss": settings.get("loss"), "optimizer": settings.get("optim"),
+        "train": {k: v for k, v in (settings.get("train") or {}).items() if k in ("steps", "max_minutes", "ema", "select", "precision")},
+        "augmentation": settings.get("augment") if (settings.get("augment") or {}).get("enabled") else "none",
+    })
+
+
 def model_card(info: dict[str, Any], summary: dict[str, Any], settings: dict[str, Any], data: dict[str, Any] | None,
                lineage: dict[str, Any], source: str) -> str:
     """A model card (``README.md``) for exported autoencoder weights.
@@ -306,39 +333,9 @@ def model_card(info: dict[str, Any], summary: dict[str, Any], settings: dict[str
         lineage: ``artefacts.lineage`` of the autoencoder.
         source: the autoencoder artefact's path.
     """
-    config = info.get("config", {})
     intensity = info.get("intensity") or {}
-    model = _bullets({
-        "architecture": f"{info.get('kind')} ({info.get('spatial_dims')}D), channels {config.get('channels')}",
-        "input": f"(B, {config.get('in_channels', 1)}, {', '.join(map(str, info.get('input_shape', [])))}) stored values",
-        "latents": f"(B, {', '.join(map(str, info.get('latent_shape', [])))})",
-        "codebook": config.get("num_embeddings") if info.get("kind") != "klvae" else None,
-        "latent scale (KL)": info.get("latent_scale"),
-        "parameters": summary.get("parameters"),
-        "weights": f"{info.get('weights', 'model')} weights of step {info.get('step')}",
-    })
-    val = summary.get("val") or {}
-    metrics = _bullets({
-        "training steps": summary.get("steps"),
-        "best validation SSIM": (f"{summary['best_ssim']:.4f} at step {summary.get('best_step')}"
-                                 if isinstance(summary.get("best_ssim"), (int, float)) else None),
-        **{f"last validation {k}": f"{v:.4g}" for k, v in val.items() if isinstance(v, (int, float))},
-    }) or "- none recorded"
-    if data:
-        data_text = _bullets({
-            "items": data.get("items"), "subjects": data.get("subjects"), "splits": data.get("splits"),
-            "shapes": data.get("shapes"), "modalities": data.get("modalities"), "intensity": data.get("intensity"),
-            "spacing (mm)": f"{data.get('spacing_min')} .. {data.get('spacing_max')}",
-        })
-    else:
-        data_text = "- the training data artefact was not available at export time"
-    training = _bullets({
-        "data": f"`{settings.get('data', {}).get('path')}` store {settings.get('data', {}).get('store')}, "
-                f"split {settings.get('data', {}).get('train_split')}",
-        "loss": settings.get("loss"), "optimizer": settings.get("optim"),
-        "train": {k: v for k, v in (settings.get("train") or {}).items() if k in ("steps", "max_minutes", "ema", "select", "precision")},
-        "augmentation": settings.get("augment") if (settings.get("augment") or {}).get("enabled") else "none",
-    })
+    model, metrics = _model_section(info, summary), _metrics_section(summary)
+    data_text, training = _data_section(data), _training_section(settings)
     mapping = (f"{intensity.get('method')} {intensity.get('in_low')}..{intensity.get('in_high')} {intensity.get('unit')} "
                f"-> [{intensity.get('out_low')}, {intensity.get('out_high')}]" + (" (clipped)" if intensity.get("clip") else ""))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -2,7 +2,8 @@
 
 Autoencoders: `VQVAE` (van den Oord 2017; also the VQGAN autoencoder of Esser 2021), `VQVAE2`
 (Razavi 2019), `KLVAE` (Rombach 2022), built by name with `build_autoencoder(kind, spatial_dims,
-**kwargs)`; `PatchDiscriminator` and the adversarial losses live in `models.discriminator`. The VQ
+config=None, **overrides)` from the registry (`models.registry`) and a frozen typed config
+(`models.configs`: `VQVAEConfig`, `VQVAE2Config`, `KLVAEConfig`); `PatchDiscriminator` and the adversarial losses live in `models.discriminator`. The VQ
 kinds take a quantiser by name (`models.quantization`): `VectorQuantizer` (EMA codebook,
 straight-through or rotation-trick gradient), `FSQ` (Mentzer 2023) or `LFQ` (MAGVIT-v2); the
 encoder/decoder layout ("strided" or "full") is in `models.backbone`.
@@ -21,28 +22,27 @@ checks needed):
 - `forward(x) -> AEOutput(reconstruction, loss_terms, indices, perplexity, metrics)`, where the
   already-weighted `loss_terms` sum to the autoencoder loss.
 - `last_layer_weight()`: the decoder's final weight (adaptive adversarial weight).
-- `config()`: JSON-able kwargs, `build_autoencoder(**model.config())` rebuilds the architecture.
+- `typed_config`: the resolved typed config; `config()` is its JSON dump (model.json's "config"), and
+  `build_autoencoder(**model.config())` rebuilds the architecture.
+
+Names are imported on first use (PEP 562), so `models.configs`, `models.registry` and
+`models.quantization` load without torch (settings validate kinds and quantisers with them).
 """
 
-from medgen_cli.models.autoencoders import KLVAE, VQVAE, VQVAE2
-from medgen_cli.models.base import AEOutput, Autoencoder
-from medgen_cli.models.discriminator import PatchDiscriminator
-from medgen_cli.models.fsq import FSQ
-from medgen_cli.models.lfq import LFQ
-from medgen_cli.models.quantizers import QuantizerOutput, VectorQuantizer
-from medgen_cli.models.registry import build_autoencoder, build_discriminator
+import importlib
 
-__all__ = [
-    "AEOutput",
-    "Autoencoder",
-    "FSQ",
-    "LFQ",
-    "KLVAE",
-    "PatchDiscriminator",
-    "QuantizerOutput",
-    "VQVAE",
-    "VQVAE2",
-    "VectorQuantizer",
-    "build_autoencoder",
-    "build_discriminator",
-]
+_EXPORTS = {
+    "AEOutput": "base", "Autoencoder": "base", "PatchDiscriminator": "discriminator", "FSQ": "fsq", "LFQ": "lfq",
+    "KLVAE": "klvae", "VQVAE": "autoencoders", "VQVAE2": "vqvae2", "QuantizerOutput": "quantizers",
+    "VectorQuantizer": "quantizers", "AUTOENCODERS": "registry", "autoencoder_kind": "registry",
+    "build_autoencoder": "registry", "build_discriminator": "registry", "AutoencoderConfig": "configs",
+    "KLVAEConfig": "configs", "VQVAE2Config": "configs", "VQVAEConfig": "configs", "QUANTIZERS": "quantization",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"medgen_cli.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'medgen_cli.models' has no attribute {name!r}")

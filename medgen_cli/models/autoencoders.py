@@ -10,13 +10,15 @@ the VQGAN autoencoder of Esser et al. 2021 ("Taming transformers"). The hierarch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
-from medgen_cli.models.backbone import Decoder, Encoder, FactorsArg
+from medgen_cli.models.backbone import Decoder, Encoder
 from medgen_cli.models.base import AEOutput, Autoencoder, make_specs
+from medgen_cli.models.configs import VQVAEConfig
 from medgen_cli.models.klvae import KLVAE
-from medgen_cli.models.quantization import build_quantizer, quantizer_config, resolve_codebook
+from medgen_cli.models.quantization import build_quantizer
 from medgen_cli.models.quantizers import QuantizerOutput
 from medgen_cli.models.vqvae2 import VQVAE2
 
@@ -24,9 +26,12 @@ __all__ = ["AEOutput", "VQVAE", "VQVAE2", "KLVAE"]
 
 
 class VQVAE(Autoencoder):
-    """VQ-VAE / VQGAN autoencoder for 2D or 3D images.
+    """VQ-VAE / VQGAN autoencoder for 2D or 3D images, built from a `VQVAEConfig`.
 
-    Args:
+    ``VQVAE(spatial_dims, config)`` is the canonical call; keyword ``overrides`` build or replace
+    fields of the config through its validation (an unknown name is a ValueError listing the
+    fields), so ``VQVAE(2, channels=(8, 16))`` works too. The config's fields:
+
         spatial_dims: 2 or 3 (first argument everywhere).
         in_channels: image channels.
         out_channels: reconstructed channels (default `in_channels`).
@@ -58,71 +63,21 @@ class VQVAE(Autoencoder):
         recon_loss: "mse" | "l1".
     """
 
-    kind = "vqvae"
-    _is_vq = True
+    config_cls = VQVAEConfig
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int = 1,
-        out_channels: int | None = None,
-        channels: Sequence[int] = (32, 64),
-        num_res_blocks: int | Sequence[int] = 2,
-        downsample: FactorsArg = None,
-        embedding_dim: int | None = None,
-        num_embeddings: int | None = None,
-        commitment_cost: float = 0.25,
-        decay: float = 0.99,
-        ema: bool = True,
-        dead_code_threshold: float = 1.0,
-        quantizer: str = "vq",
-        fsq_levels: Sequence[int] | None = None,
-        vq_gradient: str = "ste",
-        entropy_weight: float = 0.1,
-        layout: str = "full",
-        mid_blocks: int = 2,
-        res_kernels: Sequence[int] = (3, 3),
-        norm: str = "group",
-        num_groups: int = 8,
-        attention_levels: Sequence[int] = (),
-        mid_attention: bool = False,
-        num_heads: int = 1,
-        dropout: float = 0.0,
-        factorized_3d: bool = False,
-        rezero: bool = True,
-        upsample_mode: str = "nearest",
-        recon_loss: str = "mse",
-    ):
+    def __init__(self, spatial_dims: int, config: VQVAEConfig | None = None, **overrides: Any):
         super().__init__()
-        out_channels = out_channels or in_channels
-        spec, opts = make_specs(
-            spatial_dims, channels, downsample, num_res_blocks, attention_levels, mid_attention, upsample_mode,
-            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=2, layout=layout,
-            mid_blocks=mid_blocks, res_kernels=res_kernels,
-        )
-        embedding_dim, num_embeddings, fsq_levels = resolve_codebook(quantizer, embedding_dim, num_embeddings, fsq_levels)
-        self.encoder = Encoder(spec, opts, in_channels, embedding_dim)
-        self.quantizer = build_quantizer(
-            quantizer, embedding_dim, num_embeddings, fsq_levels=fsq_levels, commitment_cost=commitment_cost,
-            decay=decay, ema=ema, dead_code_threshold=dead_code_threshold, vq_gradient=vq_gradient,
-            entropy_weight=entropy_weight,
-        )
+        cfg = self._configure(spatial_dims, config, overrides)
+        spec, opts = make_specs(cfg)
+        embedding_dim, num_embeddings, fsq_levels = cfg.code_sizes()
+        out_channels = cfg.out_channels or cfg.in_channels
+        self.encoder = Encoder(spec, opts, cfg.in_channels, embedding_dim)
+        self.quantizer = build_quantizer(cfg.quantizer, embedding_dim, num_embeddings, cfg)
         self.decoder = Decoder(spec, opts, embedding_dim, out_channels)
-        self._finish_init(
-            dict(
-                spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                channels=spec.channels, num_res_blocks=num_res_blocks, downsample=spec.downsample,
-                embedding_dim=embedding_dim, num_embeddings=num_embeddings, commitment_cost=commitment_cost,
-                decay=decay, ema=ema, dead_code_threshold=dead_code_threshold,
-                **quantizer_config(quantizer, fsq_levels, vq_gradient, entropy_weight),
-                layout=layout, mid_blocks=mid_blocks, res_kernels=list(res_kernels), norm=norm, num_groups=num_groups,
-                attention_levels=spec.attention_levels, mid_attention=mid_attention, num_heads=num_heads,
-                dropout=dropout, factorized_3d=factorized_3d, rezero=rezero, upsample_mode=upsample_mode,
-                recon_loss=recon_loss,
-            ),
-            downsample_factor=spec.total_factor,
-            latent_channels=embedding_dim,
-        )
+        resolved = cfg.replace(out_channels=out_channels, channels=spec.channels, downsample=spec.downsample,
+                               embedding_dim=embedding_dim, num_embeddings=num_embeddings, fsq_levels=fsq_levels,
+                               attention_levels=spec.attention_levels)
+        self._finish_init(resolved, downsample_factor=spec.total_factor, latent_channels=embedding_dim)
 
     @property
     def num_embeddings(self) -> int:

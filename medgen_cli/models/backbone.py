@@ -17,7 +17,8 @@ Residual blocks are ReZero-gated by default (Bachlechner et al. 2020), which mak
 start close to the identity. `mid_blocks` sets the residual blocks of the middle (0 drops it).
 
 The architecture is described by two small frozen dataclasses, `PyramidSpec` (shape of the
-pyramid) and `BlockOptions` (how each block is built), so model constructors stay plain kwargs.
+pyramid) and `BlockOptions` (how each block is built), which `models.base.make_specs` derives from
+a model's typed config.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from medgen_cli.nn.attention import SpatialSelfAttention
-from medgen_cli.nn.blocks import Downsample, ResBlock, Upsample, check_factor, depth_to_space, icnr_
+from medgen_cli.nn.blocks import Downsample, ResBlock, ResBlockOptions, Upsample, check_factor, depth_to_space, icnr_
 from medgen_cli.nn.layers import check_spatial_dims, conv_transpose_cls, make_act, make_conv, make_norm
 
 __all__ = ["BlockOptions", "PyramidSpec", "Encoder", "Decoder", "resolve_downsample", "prod_factors", "LAYOUTS"]
@@ -149,10 +150,9 @@ class PyramidSpec:
 
 
 def _resblock(spec: PyramidSpec, opts: BlockOptions, cin: int, cout: int) -> ResBlock:
-    return ResBlock(
-        spec.spatial_dims, cin, cout, norm=opts.norm, num_groups=opts.num_groups, dropout=opts.dropout,
-        factorized=opts.factorized, rezero=opts.rezero, act=opts.act, kernels=opts.res_kernels,
-    )
+    options = ResBlockOptions(norm=opts.norm, num_groups=opts.num_groups, dropout=opts.dropout,
+                              factorized=opts.factorized, rezero=opts.rezero, act=opts.act, kernels=opts.res_kernels)
+    return ResBlock(spec.spatial_dims, cin, cout, options=options)
 
 
 def _attention(spec: PyramidSpec, opts: BlockOptions, channels: int) -> SpatialSelfAttention:

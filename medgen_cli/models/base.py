@@ -1,5 +1,5 @@
-"""What every autoencoder shares: the `AEOutput` record, the `Autoencoder` base class (config,
-latent shapes, last decoder layer, reconstruction loss) and the flat-kwargs -> spec helper.
+"""What every autoencoder shares: the `AEOutput` record, the `Autoencoder` base class (typed config,
+latent shapes, last decoder layer, reconstruction loss) and the config -> pyramid spec helper.
 
 See `medgen_cli.models` for the interface priors and samplers rely on.
 """
@@ -14,10 +14,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medgen_cli.models.backbone import BlockOptions, FactorsArg, PyramidSpec, resolve_downsample
+from medgen_cli.models.backbone import BlockOptions, PyramidSpec, resolve_downsample
+from medgen_cli.models.configs import AutoencoderConfig
 from medgen_cli.nn.layers import check_spatial_dims
 
-__all__ = ["AEOutput", "Autoencoder", "make_specs", "to_jsonable"]
+__all__ = ["AEOutput", "Autoencoder", "make_specs"]
 
 RECON_LOSSES = ("l1", "mse")
 
@@ -41,53 +42,33 @@ class AEOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Tuples -> lists, recursively, so a config survives a JSON round trip unchanged."""
-    if isinstance(value, (tuple, list)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    return value
-
-
-def make_specs(
-    spatial_dims: int,
-    channels: Sequence[int],
-    downsample: FactorsArg,
-    num_res_blocks: int | Sequence[int],
-    attention_levels: Sequence[int],
-    mid_attention: bool,
-    upsample_mode: str,
-    norm: str,
-    num_groups: int,
-    dropout: float,
-    factorized_3d: bool,
-    rezero: bool,
-    num_heads: int,
-    last_level: int = 2,
-    layout: str = "full",
-    mid_blocks: int = 2,
-    res_kernels: Sequence[int] = (3, 3),
-) -> tuple[PyramidSpec, BlockOptions]:
-    """Group a model's flat architecture kwargs into `PyramidSpec` and `BlockOptions`."""
+def make_specs(config: AutoencoderConfig, last_level: int | None = None, **pyramid: Any) -> tuple[PyramidSpec, BlockOptions]:
+    """`PyramidSpec` and `BlockOptions` of a typed config; ``pyramid`` replaces its ``channels``,
+    ``downsample``, ``num_res_blocks`` or ``attention_levels`` (VQ-VAE-2's top pyramid); ``last_level`` is the
+    last level's default factor (the config class's ``default_last_downsample`` unless given)."""
+    spatial_dims = config.spatial_dims
     check_spatial_dims(spatial_dims)
-    if factorized_3d and spatial_dims != 3:
+    if config.factorized_3d and spatial_dims != 3:
         raise ValueError(f"factorized_3d=True needs spatial_dims=3, got spatial_dims={spatial_dims}")
-    channels = tuple(int(c) for c in channels)
+    p = {"channels": config.channels, "downsample": config.downsample, "num_res_blocks": config.num_res_blocks,
+         "attention_levels": config.attention_levels, **pyramid}
+    channels = tuple(int(c) for c in p["channels"])
+    blocks = p["num_res_blocks"]
     spec = PyramidSpec(
         spatial_dims=spatial_dims,
         channels=channels,
-        downsample=resolve_downsample(downsample, spatial_dims, len(channels), last_level),
-        num_res_blocks=num_res_blocks if isinstance(num_res_blocks, int) else tuple(int(b) for b in num_res_blocks),
-        attention_levels=tuple(int(a) for a in attention_levels),
-        mid_attention=mid_attention,
-        upsample_mode=upsample_mode,
-        layout=layout,
-        mid_blocks=mid_blocks,
+        downsample=resolve_downsample(p["downsample"], spatial_dims, len(channels),
+                                      config.default_last_downsample if last_level is None else last_level),
+        num_res_blocks=blocks if isinstance(blocks, int) else tuple(int(b) for b in blocks),
+        attention_levels=tuple(int(a) for a in p["attention_levels"]),
+        mid_attention=config.mid_attention,
+        upsample_mode=config.upsample_mode,
+        layout=config.layout,
+        mid_blocks=config.mid_blocks,
     )
     opts = BlockOptions(
-        norm=norm, num_groups=num_groups, dropout=dropout, factorized=factorized_3d, rezero=rezero,
-        num_heads=num_heads, res_kernels=tuple(int(k) for k in res_kernels),
+        norm=config.norm, num_groups=config.num_groups, dropout=config.dropout, factorized=config.factorized_3d,
+        rezero=config.rezero, num_heads=config.num_heads, res_kernels=tuple(int(k) for k in config.res_kernels),
     )
     return spec, opts
 
@@ -95,26 +76,34 @@ def make_specs(
 class Autoencoder(nn.Module, ABC):
     """Base class: subclasses set `self.decoder`, call `_finish_init` and implement the latent API."""
 
-    kind: str = ""
-    _is_vq: bool = False
+    config_cls: type[AutoencoderConfig] = AutoencoderConfig
 
-    def _finish_init(self, config: dict[str, Any], downsample_factor: tuple[int, ...], latent_channels: int) -> None:
-        recon = config.get("recon_loss")
-        if recon not in RECON_LOSSES:
-            raise ValueError(f"recon_loss={recon!r} must be one of {RECON_LOSSES}")
-        self._config = to_jsonable(config)
+    def _configure(self, spatial_dims: int, config: AutoencoderConfig | None, overrides: dict[str, Any]):
+        """The typed config this model is built from: ``config`` with ``overrides`` (validated)."""
+        return self.config_cls.create(spatial_dims, config, overrides)
+
+    def _finish_init(self, config: AutoencoderConfig, downsample_factor: tuple[int, ...], latent_channels: int) -> None:
+        """Record the resolved config (what ``model.json`` stores) and the latent geometry."""
+        if config.recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss={config.recon_loss!r} must be one of {RECON_LOSSES}")
+        self.typed_config = config
         self._downsample_factor = tuple(downsample_factor)
         self._latent_channels = int(latent_channels)
 
     # -- the shared interface ------------------------------------------------------------------
     @property
+    def kind(self) -> str:
+        """The registry kind ("vqvae", "vqgan", "vqvae2", "klvae")."""
+        return self.typed_config.kind
+
+    @property
     def is_vq(self) -> bool:
         """True for codebook (vector-quantised) autoencoders."""
-        return self._is_vq
+        return self.config_cls.is_vq
 
     @property
     def spatial_dims(self) -> int:
-        return self._config["spatial_dims"]
+        return self.typed_config.spatial_dims
 
     @property
     def downsample_factor(self) -> tuple[int, ...]:
@@ -127,8 +116,8 @@ class Autoencoder(nn.Module, ABC):
         return self._latent_channels
 
     def config(self) -> dict[str, Any]:
-        """JSON-able kwargs such that `build_autoencoder(**model.config())` rebuilds this architecture."""
-        return {"kind": self.kind, **to_jsonable(self._config)}
+        """The typed config's JSON dump: `build_autoencoder(**model.config())` rebuilds this architecture."""
+        return self.typed_config.model_dump(mode="json")
 
     def last_layer_weight(self) -> Tensor:
         """Weight of the decoder's final convolution (for the adaptive adversarial weight)."""
@@ -161,5 +150,5 @@ class Autoencoder(nn.Module, ABC):
         self._scaled_shape(x.shape[2:], factor or self.downsample_factor)
 
     def _reconstruction_loss(self, reconstruction: Tensor, x: Tensor) -> Tensor:
-        fn = F.l1_loss if self._config["recon_loss"] == "l1" else F.mse_loss
+        fn = F.l1_loss if self.typed_config.recon_loss == "l1" else F.mse_loss
         return fn(reconstruction.float(), x.float())

@@ -22,11 +22,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from medgen_cli.models.quantization import DEFAULT_FSQ_LEVELS
 from medgen_cli.models.quantizers import QuantizerOutput, channels_last_flat, code_stats
 
 __all__ = ["FSQ", "DEFAULT_FSQ_LEVELS"]
-
-DEFAULT_FSQ_LEVELS = (8, 5, 5, 5)  # 1,000 codes: the paper's recommendation for a ~2^10 codebook
 
 
 def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:

@@ -9,21 +9,22 @@ model: the training step estimates it from data with `encode_mean`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from medgen_cli.models.backbone import Decoder, Encoder, FactorsArg
+from medgen_cli.models.backbone import Decoder, Encoder
 from medgen_cli.models.base import AEOutput, Autoencoder, make_specs
+from medgen_cli.models.configs import KLVAEConfig
 
 __all__ = ["KLVAE"]
 
 
 class KLVAE(Autoencoder):
-    """Gaussian-posterior autoencoder.
+    """Gaussian-posterior autoencoder, built from a `KLVAEConfig` (``KLVAE(spatial_dims, config,
+    **overrides)`` as `VQVAE`). The config's fields:
 
-    Args:
         spatial_dims: 2 or 3.
         in_channels, out_channels: image channels (out default = in).
         channels: channels per level.
@@ -40,64 +41,26 @@ class KLVAE(Autoencoder):
         Remaining kwargs: as `VQVAE`.
     """
 
-    kind = "klvae"
-    _is_vq = False
+    config_cls = KLVAEConfig
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int = 1,
-        out_channels: int | None = None,
-        channels: Sequence[int] = (64, 128, 256),
-        latent_channels: int = 4,
-        num_res_blocks: int | Sequence[int] = 1,
-        downsample: FactorsArg = None,
-        kl_weight: float = 1e-6,
-        logvar_min: float = -30.0,
-        logvar_max: float = 20.0,
-        layout: str = "full",
-        mid_blocks: int = 2,
-        res_kernels: Sequence[int] = (3, 3),
-        norm: str = "group",
-        num_groups: int = 8,
-        attention_levels: Sequence[int] = (),
-        mid_attention: bool = False,
-        num_heads: int = 1,
-        dropout: float = 0.0,
-        factorized_3d: bool = False,
-        rezero: bool = True,
-        upsample_mode: str = "nearest",
-        recon_loss: str = "l1",
-    ):
+    def __init__(self, spatial_dims: int, config: KLVAEConfig | None = None, **overrides: Any):
         super().__init__()
-        if latent_channels < 1:
-            raise ValueError(f"latent_channels={latent_channels} must be >= 1")
-        if kl_weight < 0:
-            raise ValueError(f"kl_weight={kl_weight} must be >= 0")
-        if logvar_min >= logvar_max:
-            raise ValueError(f"logvar_min={logvar_min} must be below logvar_max={logvar_max}")
-        out_channels = out_channels or in_channels
-        spec, opts = make_specs(
-            spatial_dims, channels, downsample, num_res_blocks, attention_levels, mid_attention, upsample_mode,
-            norm, num_groups, dropout, factorized_3d, rezero, num_heads, last_level=1, layout=layout,
-            mid_blocks=mid_blocks, res_kernels=res_kernels,
-        )
-        self.encoder = Encoder(spec, opts, in_channels, 2 * latent_channels)
-        self.decoder = Decoder(spec, opts, latent_channels, out_channels)
-        self.kl_weight = kl_weight
-        self.logvar_range = (logvar_min, logvar_max)
-        self._finish_init(
-            dict(
-                spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                channels=spec.channels, latent_channels=latent_channels, num_res_blocks=num_res_blocks,
-                downsample=spec.downsample, kl_weight=kl_weight, logvar_min=logvar_min, logvar_max=logvar_max,
-                layout=layout, mid_blocks=mid_blocks, res_kernels=list(res_kernels), norm=norm, num_groups=num_groups, attention_levels=spec.attention_levels,
-                mid_attention=mid_attention, num_heads=num_heads, dropout=dropout, factorized_3d=factorized_3d,
-                rezero=rezero, upsample_mode=upsample_mode, recon_loss=recon_loss,
-            ),
-            downsample_factor=spec.total_factor,
-            latent_channels=latent_channels,
-        )
+        cfg = self._configure(spatial_dims, config, overrides)
+        if cfg.latent_channels < 1:
+            raise ValueError(f"latent_channels={cfg.latent_channels} must be >= 1")
+        if cfg.kl_weight < 0:
+            raise ValueError(f"kl_weight={cfg.kl_weight} must be >= 0")
+        if cfg.logvar_min >= cfg.logvar_max:
+            raise ValueError(f"logvar_min={cfg.logvar_min} must be below logvar_max={cfg.logvar_max}")
+        out_channels = cfg.out_channels or cfg.in_channels
+        spec, opts = make_specs(cfg)
+        self.encoder = Encoder(spec, opts, cfg.in_channels, 2 * cfg.latent_channels)
+        self.decoder = Decoder(spec, opts, cfg.latent_channels, out_channels)
+        self.kl_weight = cfg.kl_weight
+        self.logvar_range = (cfg.logvar_min, cfg.logvar_max)
+        resolved = cfg.replace(out_channels=out_channels, channels=spec.channels, downsample=spec.downsample,
+                               attention_levels=spec.attention_levels)
+        self._finish_init(resolved, downsample_factor=spec.total_factor, latent_channels=cfg.latent_channels)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C, *spatial) -> (mean, logvar), each (B, latent_channels, *latent_spatial)."""

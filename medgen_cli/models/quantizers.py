@@ -33,9 +33,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medgen_cli.models.quantization import VQ_GRADIENTS
+
 __all__ = ["QuantizerOutput", "VectorQuantizer", "VQ_GRADIENTS", "rotation_trick", "code_stats", "channels_last_flat"]
 
-VQ_GRADIENTS = ("ste", "rotation")
 
 log = logging.getLogger(__name__)
 

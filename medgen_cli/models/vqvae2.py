@@ -10,14 +10,16 @@ decoder sees the upsampled top codes concatenated with the bottom codes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medgen_cli.models.backbone import Decoder, Encoder, FactorsArg
+from medgen_cli.models.backbone import Decoder, Encoder
 from medgen_cli.models.base import AEOutput, Autoencoder, make_specs
-from medgen_cli.models.quantization import build_quantizer, quantizer_config, resolve_codebook
+from medgen_cli.models.configs import VQVAE2Config
+from medgen_cli.models.quantization import build_quantizer
 from medgen_cli.models.quantizers import QuantizerOutput
 from medgen_cli.nn.blocks import Upsample
 from medgen_cli.nn.layers import make_conv, pool_cls
@@ -26,9 +28,9 @@ __all__ = ["VQVAE2"]
 
 
 class VQVAE2(Autoencoder):
-    """Two-level VQ-VAE-2.
+    """Two-level VQ-VAE-2, built from a `VQVAE2Config` (``VQVAE2(spatial_dims, config, **overrides)``
+    as `VQVAE`). The config's fields:
 
-    Args:
         spatial_dims: 2 or 3.
         in_channels, out_channels: image channels (out default = in).
         channels: bottom encoder channels per level (its last entry is the bottom feature width).
@@ -48,84 +50,36 @@ class VQVAE2(Autoencoder):
     back over each top cell, snaps both halves to their codebooks and decodes.
     """
 
-    kind = "vqvae2"
-    _is_vq = True
+    config_cls = VQVAE2Config
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int = 1,
-        out_channels: int | None = None,
-        channels: Sequence[int] = (32, 64),
-        top_channels: Sequence[int] = (64,),
-        num_res_blocks: int | Sequence[int] = 1,
-        downsample: FactorsArg = None,
-        top_downsample: FactorsArg = None,
-        embedding_dim: int | None = None,
-        num_embeddings: int | None = None,
-        commitment_cost: float = 0.25,
-        decay: float = 0.99,
-        ema: bool = True,
-        dead_code_threshold: float = 1.0,
-        quantizer: str = "vq",
-        fsq_levels: Sequence[int] | None = None,
-        vq_gradient: str = "ste",
-        entropy_weight: float = 0.1,
-        layout: str = "full",
-        mid_blocks: int = 2,
-        res_kernels: Sequence[int] = (3, 3),
-        norm: str = "group",
-        num_groups: int = 8,
-        attention_levels: Sequence[int] = (),
-        mid_attention: bool = False,
-        num_heads: int = 1,
-        dropout: float = 0.0,
-        factorized_3d: bool = False,
-        rezero: bool = True,
-        upsample_mode: str = "nearest",
-        recon_loss: str = "mse",
-    ):
+    def __init__(self, spatial_dims: int, config: VQVAE2Config | None = None, **overrides: Any):
         super().__init__()
-        out_channels = out_channels or in_channels
-        shared = (mid_attention, upsample_mode, norm, num_groups, dropout, factorized_3d, rezero, num_heads)
-        layout_kw = dict(layout=layout, mid_blocks=mid_blocks, res_kernels=res_kernels)
-        bottom, opts = make_specs(spatial_dims, channels, downsample, num_res_blocks, attention_levels, *shared, **layout_kw)
+        cfg = self._configure(spatial_dims, config, overrides)
+        bottom, opts = make_specs(cfg)
         # attention_levels and a per-level num_res_blocks index the bottom pyramid; the top pyramid is
         # small: attention in its middle only, and the bottom's largest block count at every level
-        top_blocks = num_res_blocks if isinstance(num_res_blocks, int) else max(num_res_blocks)
-        top, _ = make_specs(spatial_dims, top_channels, top_downsample, top_blocks, (), *shared, **layout_kw)
+        blocks = cfg.num_res_blocks
+        top, _ = make_specs(cfg, channels=cfg.top_channels, downsample=cfg.top_downsample, attention_levels=(),
+                            num_res_blocks=blocks if isinstance(blocks, int) else max(blocks))
         width = bottom.channels[-1]
-        embedding_dim, num_embeddings, fsq_levels = resolve_codebook(quantizer, embedding_dim, num_embeddings, fsq_levels)
-        vq_kwargs = dict(fsq_levels=fsq_levels, commitment_cost=commitment_cost, decay=decay,
-                         dead_code_threshold=dead_code_threshold, ema=ema, vq_gradient=vq_gradient,
-                         entropy_weight=entropy_weight)
+        embedding_dim, num_embeddings, fsq_levels = cfg.code_sizes()
+        out_channels = cfg.out_channels or cfg.in_channels
 
-        self.enc_bottom = Encoder(bottom, opts, in_channels, width)
+        self.enc_bottom = Encoder(bottom, opts, cfg.in_channels, width)
         self.enc_top = Encoder(top, opts, width, embedding_dim)
-        self.quant_top = build_quantizer(quantizer, embedding_dim, num_embeddings, **vq_kwargs)
+        self.quant_top = build_quantizer(cfg.quantizer, embedding_dim, num_embeddings, cfg)
         self.dec_top = Decoder(top, opts, embedding_dim, width)
         self.pre_bottom = make_conv(spatial_dims, 2 * width, embedding_dim, 1)
-        self.quant_bottom = build_quantizer(quantizer, embedding_dim, num_embeddings, **vq_kwargs)
-        self.up_top = Upsample(spatial_dims, embedding_dim, embedding_dim, top.total_factor, upsample_mode)
+        self.quant_bottom = build_quantizer(cfg.quantizer, embedding_dim, num_embeddings, cfg)
+        self.up_top = Upsample(spatial_dims, embedding_dim, embedding_dim, top.total_factor, cfg.upsample_mode)
         self.decoder = Decoder(bottom, opts, 2 * embedding_dim, out_channels)
         self.top_factor = top.total_factor
         self.pool_top = pool_cls(spatial_dims, "avg")(self.top_factor, self.top_factor)
-        self._finish_init(
-            dict(
-                spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                channels=bottom.channels, top_channels=top.channels, num_res_blocks=num_res_blocks,
-                downsample=bottom.downsample, top_downsample=top.downsample, embedding_dim=embedding_dim,
-                num_embeddings=num_embeddings, commitment_cost=commitment_cost, decay=decay, ema=ema,
-                dead_code_threshold=dead_code_threshold,
-                **quantizer_config(quantizer, fsq_levels, vq_gradient, entropy_weight),
-                layout=layout, mid_blocks=mid_blocks, res_kernels=list(res_kernels), norm=norm, num_groups=num_groups,
-                attention_levels=bottom.attention_levels, mid_attention=mid_attention, num_heads=num_heads,
-                dropout=dropout, factorized_3d=factorized_3d, rezero=rezero, upsample_mode=upsample_mode,
-                recon_loss=recon_loss,
-            ),
-            downsample_factor=bottom.total_factor,
-            latent_channels=2 * embedding_dim,
-        )
+        resolved = cfg.replace(out_channels=out_channels, channels=bottom.channels, top_channels=top.channels,
+                               downsample=bottom.downsample, top_downsample=top.downsample,
+                               embedding_dim=embedding_dim, num_embeddings=num_embeddings, fsq_levels=fsq_levels,
+                               attention_levels=bottom.attention_levels)
+        self._finish_init(resolved, downsample_factor=bottom.total_factor, latent_channels=2 * embedding_dim)
 
     @property
     def total_top_factor(self) -> tuple[int, ...]:

@@ -1,7 +1,7 @@
 """Layers and blocks for any spatial rank: `layers` (picked by rank), `blocks`, `attention`."""
 
 from medgen_cli.nn.attention import MultiHeadSelfAttention, SpatialSelfAttention, causal_mask
-from medgen_cli.nn.blocks import ConvLayer, Downsample, ResBlock, Upsample
+from medgen_cli.nn.blocks import ConvLayer, Downsample, ResBlock, ResBlockOptions, Upsample
 from medgen_cli.nn.layers import as_tuple, conv_cls, make_act, make_conv, make_norm
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "ConvLayer",
     "Downsample",
     "ResBlock",
+    "ResBlockOptions",
     "Upsample",
     "as_tuple",
     "conv_cls",

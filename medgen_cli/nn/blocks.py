@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from medgen_cli.nn.layers import as_tuple, conv_transpose_cls, make_act, make_conv, make_norm, pool_cls
 
-__all__ = ["ConvLayer", "ResBlock", "Downsample", "Upsample", "check_factor", "depth_to_space", "icnr_"]
+__all__ = ["ConvLayer", "ResBlock", "ResBlockOptions", "Downsample", "Upsample", "check_factor", "depth_to_space", "icnr_"]
 
 UPSAMPLE_MODES = ("nearest", "transpose", "shuffle")
 
@@ -103,15 +105,11 @@ class ConvLayer(nn.Module):
         return self.conv(x)
 
 
-class ResBlock(nn.Module):
-    """Pre-norm residual block: x + gate * conv(drop(act(norm(conv(act(norm(x))) + emb)))).
+@dataclass(frozen=True)
+class ResBlockOptions:
+    """How a `ResBlock` is built.
 
     Args:
-        spatial_dims: number of spatial axes.
-        in_channels: input channels.
-        out_channels: output channels (default `in_channels`; a 1x1 conv adapts the skip path).
-        emb_channels: width of an optional embedding vector (B, emb_channels) added to (or, with
-            `scale_shift`, modulating) the hidden features; None = no embedding input.
         norm: "group" | "batch" | "instance" | "none".
         num_groups: groups for group norm.
         dropout: dropout before the second convolution.
@@ -123,41 +121,53 @@ class ResBlock(nn.Module):
             original VQ-VAE (van den Oord et al. 2017), 10/18 of the arithmetic.
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int | None = None,
-        emb_channels: int | None = None,
-        norm: str = "group",
-        num_groups: int = 8,
-        dropout: float = 0.0,
-        factorized: bool = False,
-        rezero: bool = False,
-        scale_shift: bool = False,
-        act: str = "silu",
-        kernels: Sequence[int] = (3, 3),
-    ):
+    norm: str = "group"
+    num_groups: int = 8
+    dropout: float = 0.0
+    factorized: bool = False
+    rezero: bool = False
+    scale_shift: bool = False
+    act: str = "silu"
+    kernels: tuple[int, ...] = (3, 3)
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block: x + gate * conv(drop(act(norm(conv(act(norm(x))) + emb)))).
+
+    Args:
+        spatial_dims: number of spatial axes.
+        in_channels: input channels.
+        out_channels: output channels (default `in_channels`; a 1x1 conv adapts the skip path).
+        emb_channels: width of an optional embedding vector (B, emb_channels) added to (or, with
+            `scale_shift`, modulating) the hidden features; None = no embedding input.
+        options: `ResBlockOptions` (norm, groups, dropout, factorised convs, ReZero, FiLM, activation,
+            kernels); keyword ``overrides`` replace single options, e.g. ``ResBlock(2, 8, num_groups=4)``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int | None = None,
+                 emb_channels: int | None = None, options: ResBlockOptions | None = None, **overrides: Any):
         super().__init__()
-        kernels = tuple(int(k) for k in kernels)
+        opts = replace(options or ResBlockOptions(), **overrides)
+        kernels = tuple(int(k) for k in opts.kernels)
         if len(kernels) != 2 or any(k < 1 or k % 2 == 0 for k in kernels):
             raise ValueError(f"kernels={list(kernels)} must be two odd kernel sizes, e.g. [3, 3] or [3, 1]")
+        factorized, norm, groups = opts.factorized, opts.norm, opts.num_groups
         out_channels = out_channels or in_channels
         self.spatial_dims = spatial_dims
-        self.scale_shift = scale_shift
-        self.norm1 = make_norm(spatial_dims, norm, in_channels, num_groups)
-        self.act = make_act(act)
+        self.scale_shift = opts.scale_shift
+        self.norm1 = make_norm(spatial_dims, norm, in_channels, groups)
+        self.act = make_act(opts.act)
         self.conv1 = ConvLayer(spatial_dims, in_channels, out_channels, kernels[0], factorized=factorized and kernels[0] > 1)
         self.emb_proj = None
         if emb_channels is not None:
-            self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if scale_shift else 1))
-        self.norm2 = make_norm(spatial_dims, norm, out_channels, num_groups)
-        self.drop = nn.Dropout(dropout)
+            self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if opts.scale_shift else 1))
+        self.norm2 = make_norm(spatial_dims, norm, out_channels, groups)
+        self.drop = nn.Dropout(opts.dropout)
         self.conv2 = ConvLayer(spatial_dims, out_channels, out_channels, kernels[1], factorized=factorized and kernels[1] > 1)
         self.skip = (
             nn.Identity() if in_channels == out_channels else make_conv(spatial_dims, in_channels, out_channels, 1)
         )
-        self.gate = nn.Parameter(torch.zeros(())) if rezero else None
+        self.gate = nn.Parameter(torch.zeros(())) if opts.rezero else None
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(self.act(self.norm1(x)))

@@ -4,6 +4,10 @@ Shared sections: ``OptimSettings`` (optimizer, learning-rate schedule, clipping,
 ``TrainSettings`` (length, validation, checkpoints, EMA, precision). Autoencoder-only sections:
 ``LossSettings``, ``AdversarialSettings`` and ``AutoencoderSettings``. ``spatial_dims`` is not a
 setting: it comes from the rank of the stored items.
+
+``model.kind`` and ``model.quantizer`` are validated against the autoencoder and quantiser registries
+(``models.registry``, ``models.quantization``; both torch-free), whose entries also hold the kind- and
+quantiser-specific rules; ``AutoencoderSettings.autoencoder_config`` produces the model's typed config.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..models.configs import AutoencoderConfig
+from ..models.quantization import QUANTIZERS
+from ..models.registry import AUTOENCODERS, AutoencoderKind, autoencoder_kind
 from .base import FloatTuple, IntTuple, PerLevelInts, Section, _csv
 from .common import AugmentSettings, DataSettings, RuntimeSettings
 
-AE_KINDS = ("vqvae", "vqvae2", "vqgan", "klvae")
-VQ_KINDS = ("vqvae", "vqvae2", "vqgan")
-MAX_INT16_CODES = 2**15  # encode-latents stores code indices as int16
-
+# the registries (torch-free) are the lists of kinds and quantisers: a new entry is a new choice here
+AE_KINDS = tuple(AUTOENCODERS)
+VQ_KINDS = tuple(name for name, entry in AUTOENCODERS.items() if entry.is_vq)
+QUANTIZER_NAMES = tuple(QUANTIZERS)
+QUANTIZER_FIELDS = frozenset().union(*(spec.fields for spec in QUANTIZERS.values()))  # settings a quantiser reads
+KIND_FIELDS = frozenset().union(*(entry.settings_fields for entry in AUTOENCODERS.values()))  # settings of one kind
+CONFIG_NAMES = {"codebook_ema": "ema", "codebook_decay": "decay"}  # settings field -> typed config field
 
 
 def _factors(value):
@@ -153,11 +163,11 @@ class AdversarialSettings(Section):
 
     def active(self, kind: str) -> bool:
         """Whether the discriminator is used for an autoencoder of ``kind``."""
-        return self.enabled if self.enabled is not None else kind == "vqgan"
+        return self.enabled if self.enabled is not None else autoencoder_kind(kind).adversarial
 
 
 class AutoencoderSettings(Section):
-    kind: Literal["vqvae", "vqvae2", "vqgan", "klvae"] = Field(
+    kind: Literal[AE_KINDS] = Field(
         "vqvae", description="Autoencoder: vqvae, vqvae2 (hierarchical), vqgan (VQ + discriminator) or klvae (continuous)."
     )
     channels: PerLevelInts = Field((64, 128), description="Encoder channels per level (the decoder mirrors them).")
@@ -182,7 +192,7 @@ class AutoencoderSettings(Section):
         description="Kernels of the two convolutions of a residual block: [3, 1] (the original VQ-VAE's unit)\n"
         "or [3, 3] (VQGAN/LDM's and medgen's earlier blocks: 18/10 of the arithmetic).",
     )
-    quantizer: Literal["vq", "fsq", "lfq"] = Field(
+    quantizer: Literal[QUANTIZER_NAMES] = Field(
         "vq",
         description="VQ kinds: vq (learnt codebook), fsq (finite scalar quantisation, codebook = product of\n"
         "model.fsq_levels) or lfq (lookup-free: signs of log2(num_embeddings) channels, entropy penalty).",
@@ -224,10 +234,12 @@ class AutoencoderSettings(Section):
         levels = len(self.channels)
         if levels == 0 or any(c < 1 for c in self.channels):
             raise ValueError(f"model.channels = {list(self.channels)} must be a non-empty list of positive integers")
+        entry = autoencoder_kind(self.kind)
+        self._check_kind_fields(entry)
+        if entry.is_vq:
+            self._check_quantizer()
         if self.norm == "group":
-            widths = set(self.channels) | ({self.code_dim()} if self.kind == "vqvae2" else set())
-            widths |= set(self.top_channels) if self.kind == "vqvae2" else set()
-            bad = sorted(c for c in widths if c % self.num_groups)
+            bad = sorted(c for c in self.autoencoder_config().norm_widths() if c % self.num_groups)
             if bad:
                 raise ValueError(f"model.num_groups = {self.num_groups} must divide every channel count; {bad} is not divisible")
         if self.downsample is not None and len(self.downsample) != levels:
@@ -245,94 +257,71 @@ class AutoencoderSettings(Section):
         bad_levels = [a for a in self.attention_levels if not 0 <= a < levels]
         if bad_levels:
             raise ValueError(f"model.attention_levels = {list(self.attention_levels)} must index levels 0..{levels - 1}")
-        # a field of another kind left at a non-default value is almost certainly a mistake
-        own = {"klvae": {"latent_channels", "kl_weight", "latent_scale_items"},
-               "vqvae2": {"top_channels", "top_downsample"}}
-        vq_only = {"embedding_dim", "num_embeddings", "commitment_cost", "codebook_ema", "codebook_decay",
-                   "dead_code_threshold"}
-        foreign = set().union(*(f for k, f in own.items() if k != self.kind))
-        if self.kind == "klvae":
-            foreign |= vq_only | {"quantizer", "vq_gradient", "fsq_levels", "entropy_weight"}
-        changed = sorted(n for n in foreign if getattr(self, n) != type(self).model_fields[n].default)
-        if changed:
-            raise ValueError(f"model.{changed[0]} does not apply to model.kind = {self.kind!r}; remove it or change the kind")
-        self._check_quantizer(vq_only)
         return self
 
-    def _check_quantizer(self, vq_only: set[str]) -> None:
-        q = self.quantizer
-        foreign = {"vq": {"fsq_levels", "entropy_weight"},
-                   "fsq": vq_only | {"vq_gradient", "entropy_weight"},
-                   "lfq": (vq_only - {"num_embeddings", "commitment_cost"}) | {"vq_gradient", "fsq_levels"}}[q]
-        changed = sorted(n for n in foreign if getattr(self, n) != type(self).model_fields[n].default)
+    def _changed(self, names: set[str] | frozenset[str]) -> list[str]:
+        """``names`` set away from their defaults, sorted."""
+        return sorted(n for n in names if getattr(self, n) != type(self).model_fields[n].default)
+
+    def _check_kind_fields(self, entry: AutoencoderKind) -> None:
+        # a field of another kind left at a non-default value is almost certainly a mistake
+        foreign = KIND_FIELDS - entry.settings_fields
+        if not entry.is_vq:
+            foreign |= QUANTIZER_FIELDS | {"quantizer"}
+        changed = self._changed(foreign)
         if changed:
-            raise ValueError(f"model.{changed[0]} does not apply to model.quantizer = {q!r}; remove it or change the quantizer")
-        if q == "fsq" and any(v < 3 for v in self.fsq_levels):
-            raise ValueError(f"model.fsq_levels = {list(self.fsq_levels)} must all be >= 3")
-        if q == "lfq" and (self.num_embeddings < 2 or self.num_embeddings & (self.num_embeddings - 1)):
-            raise ValueError(f"model.num_embeddings = {self.num_embeddings} must be a power of two for quantizer lfq "
-                             "(2^channels codes), e.g. 1024")
-        size = self.codebook_size()
-        if q != "vq" and size > MAX_INT16_CODES:
-            what = f"model.fsq_levels = {list(self.fsq_levels)} give" if q == "fsq" else "model.num_embeddings ="
-            fix = "use fewer or smaller levels" if q == "fsq" else f"use at most {MAX_INT16_CODES}"
-            raise ValueError(f"{what} {size} codes, more than the {MAX_INT16_CODES} that encode-latents' int16 "
-                             f"code indices hold; {fix}")
+            raise ValueError(f"model.{changed[0]} does not apply to model.kind = {self.kind!r}; remove it or change the kind")
+
+    def _check_quantizer(self) -> None:
+        spec = QUANTIZERS[self.quantizer]
+        changed = self._changed(QUANTIZER_FIELDS - spec.fields)
+        if changed:
+            raise ValueError(f"model.{changed[0]} does not apply to model.quantizer = {self.quantizer!r}; remove it or "
+                             "change the quantizer")
+        spec.check(self.embedding_dim, self.num_embeddings, self.fsq_levels)
 
     def code_dim(self) -> int:
         """Channels of a code: embedding_dim (vq), len(fsq_levels) (fsq) or log2(num_embeddings) (lfq)."""
-        if self.quantizer == "fsq":
-            return len(self.fsq_levels)
-        return self.num_embeddings.bit_length() - 1 if self.quantizer == "lfq" else self.embedding_dim
+        return QUANTIZERS[self.quantizer].sizes(self.embedding_dim, self.num_embeddings, self.fsq_levels)[0]
 
     def codebook_size(self) -> int:
         """Codes of the quantiser: num_embeddings (vq, lfq) or the product of fsq_levels."""
-        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.num_embeddings
+        return QUANTIZERS[self.quantizer].sizes(self.embedding_dim, self.num_embeddings, self.fsq_levels)[1]
 
     def factors(self, spatial_dims: int) -> tuple[int, ...]:
-        """Total per-axis downsampling factor for ``spatial_dims`` axes (incl. the vqvae2 top level)."""
-        levels = len(self.channels)
-        per_level = self.downsample or ([2] * (levels - 1) + [1 if self.kind == "klvae" else 2])
+        """Total per-axis downsampling factor for ``spatial_dims`` axes, down to the coarsest code grid
+        (the kind's config knows its default last level and any further pyramid, e.g. vqvae2's top)."""
         total = [1] * spatial_dims
-        for f in per_level:
+        for f in self.autoencoder_config().grid_factors():
             axes = (f,) * spatial_dims if isinstance(f, int) else tuple(f)
             if len(axes) != spatial_dims:
                 raise ValueError(f"model.downsample factor {list(axes)} needs {spatial_dims} values for {spatial_dims}D data")
             total = [t * a for t, a in zip(total, axes)]
-        if self.kind == "vqvae2":
-            for f in self.top_downsample or [2] * len(self.top_channels):
-                axes = (f,) * spatial_dims if isinstance(f, int) else tuple(f)
-                total = [t * a for t, a in zip(total, axes)]
         return tuple(total)
 
-    def res_blocks(self) -> int | list[int]:
-        """``num_res_blocks`` for the model: one int for every level, else the per-level list."""
-        return self.num_res_blocks[0] if len(self.num_res_blocks) == 1 else list(self.num_res_blocks)
+    def res_blocks(self) -> int | tuple[int, ...]:
+        """``num_res_blocks`` for the model: one int for every level, else the per-level values."""
+        return self.num_res_blocks[0] if len(self.num_res_blocks) == 1 else tuple(self.num_res_blocks)
+
+    def autoencoder_config(self, in_channels: int = 1, spatial_dims: int | None = None) -> AutoencoderConfig:
+        """The typed config of the model (its class from the registry entry of ``kind``): every settings
+        field the config has (``codebook_ema`` / ``codebook_decay`` as ``ema`` / ``decay``), the quantiser's
+        size fields where it reads them (None: it derives them), the kind's defaults for the rest."""
+        entry = autoencoder_kind(self.kind)
+        fields = entry.config_cls.model_fields
+        values = {CONFIG_NAMES.get(n, n): getattr(self, n) for n in type(self).model_fields
+                  if CONFIG_NAMES.get(n, n) in fields and n != "kind"}
+        values.update(in_channels=in_channels, num_res_blocks=self.res_blocks())
+        if entry.is_vq:
+            values.update(QUANTIZERS[self.quantizer].config_sizes(self.embedding_dim, self.num_embeddings,
+                                                                  self.fsq_levels))
+        return entry.make_config(self.kind, spatial_dims, **values)
 
     def model_kwargs(self, in_channels: int) -> dict:
-        """Constructor kwargs for ``build_autoencoder(kind, spatial_dims, **kwargs)``."""
-        common = dict(
-            in_channels=in_channels, channels=list(self.channels), num_res_blocks=self.res_blocks(),
-            downsample=_listed(self.downsample), layout=self.layout, mid_blocks=self.mid_blocks,
-            res_kernels=list(self.res_kernels),
-            norm=self.norm, num_groups=self.num_groups,
-            attention_levels=list(self.attention_levels), mid_attention=self.mid_attention,
-            num_heads=self.num_heads, dropout=self.dropout, factorized_3d=self.factorized_3d,
-            rezero=self.rezero, upsample_mode=self.upsample_mode,
-        )
-        if self.kind == "klvae":
-            return {**common, "latent_channels": self.latent_channels, "kl_weight": self.kl_weight}
-        q = self.quantizer
-        vq = dict(
-            embedding_dim=self.embedding_dim if q == "vq" else None,
-            num_embeddings=None if q == "fsq" else self.num_embeddings, commitment_cost=self.commitment_cost,
-            decay=self.codebook_decay, ema=self.codebook_ema, dead_code_threshold=self.dead_code_threshold,
-            quantizer=q, fsq_levels=list(self.fsq_levels) if q == "fsq" else None, vq_gradient=self.vq_gradient,
-            entropy_weight=self.entropy_weight,
-        )
-        if self.kind == "vqvae2":
-            vq.update(top_channels=list(self.top_channels), top_downsample=_listed(self.top_downsample))
-        return {**common, **vq}
+        """The config fields these settings set, as JSON: ``build_autoencoder(kind, spatial_dims, **kwargs)``
+        builds the same model as ``autoencoder_config`` (kept for callers that build by keywords)."""
+        return self.autoencoder_config(in_channels).model_dump(mode="json", exclude_unset=True,
+                                                               exclude={"kind", "spatial_dims"})
 
 
 def _listed(factors):

@@ -32,10 +32,11 @@ from ..data import ItemDataset, PatchDataset, build_augmentation, data_range, op
 from ..errors import UsageError
 from ..io import fs
 from ..io.store import store_path
+from ..loaders.autoencoder import AutoencoderRecord
 from ..models.registry import build_autoencoder, build_discriminator
 from ..settings.train import TrainAESettings
 from ..train import distributed as dist_utils
-from ..train.ae_task import AutoencoderTask, compile_pyramids, latent_scale
+from ..train.ae_task import AETaskConfig, AutoencoderTask, compile_pyramids, latent_scale
 from ..train.loop import Trainer
 from ..train.losses import ReconstructionLoss
 from ..train.precision import channels_last_format, use_channels_last
@@ -140,7 +141,8 @@ def _check_geometry(settings: TrainAESettings, data: _Data) -> None:
 def _build_models(settings: TrainAESettings, spatial_dims: int) -> tuple[nn.Module, nn.Module | None]:
     kind = settings.model.kind
     try:
-        model = build_autoencoder(kind, spatial_dims, **settings.model.model_kwargs(in_channels=1))
+        config = settings.model.autoencoder_config(in_channels=1, spatial_dims=spatial_dims)
+        model = build_autoencoder(kind, spatial_dims, config)
         disc = None
         if settings.adversarial.active(kind):
             a = settings.adversarial
@@ -204,13 +206,14 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
         ReconstructionLoss(data.spatial_dims, loss.l1, loss.l2, loss.ms_ssim, data.data_range),
         device,
         val_batches=val_batches if data.val is not None else None,
-        data_range=data.data_range,
-        value_range=data.value_range,
         discriminator=dist_utils.wrap_ddp(disc, device) if disc is not None else None,
-        adversarial_loss=adv.loss, adversarial_weight=adv.weight, adversarial_start=adv.start_step,
-        adaptive=adv.adaptive, augmentation=augmentation.to(device) if augmentation is not None else None,
-        image_dir=partial / "plots" if ctx.is_main else None, save_images=settings.train.save_images,
-        meta_of=data.meta_of, memory_format=memory_format,
+        augmentation=augmentation.to(device) if augmentation is not None else None,
+        config=AETaskConfig(
+            data_range=data.data_range, value_range=data.value_range, adversarial_loss=adv.loss,
+            adversarial_weight=adv.weight, adversarial_start=adv.start_step, adaptive=adv.adaptive,
+            image_dir=partial / "plots" if ctx.is_main else None, save_images=settings.train.save_images,
+            meta_of=data.meta_of, memory_format=memory_format,
+        ),
     )
     seed_everything(settings.runtime.seed * 1_000_003 + 7919 * ctx.rank + 1)  # per-rank training randomness
     trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
@@ -223,7 +226,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     state = trainer.fit()
 
     weights, chosen_step = trainer.final_weights()
-    final = build_autoencoder(**model.config())
+    final = build_autoencoder(model.kind, config=model.typed_config)
     final.load_state_dict(weights)
     final.eval()
     result = TrainAEResult(out=out, model=final, rank=ctx.rank)
@@ -239,28 +242,28 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
 def _finish(settings, data, partial, final, trainer, state, chosen_step, device, precision, channels_last) -> dict[str, Any]:
     """Latent scale (KL), model files and plots, and the manifest summary (rank 0)."""
     scale, scale_stats = None, {}
-    if settings.model.kind == "klvae":
+    if final.typed_config.scales_latents:  # continuous latents: a diffusion prior needs their scale
         n = min(settings.model.latent_scale_items, len(data.train))
         picks = np.linspace(0, len(data.train) - 1, n).round().astype(int).tolist()
         batches = torch.utils.data.DataLoader(Subset(data.train, picks), batch_size=settings.data.batch_size)
         final.to(device)
         scale, scale_stats = latent_scale(final, batches, device)
         final.cpu()
-    info = {
-        "kind": settings.model.kind,
-        "config": final.config(),
-        "latent_scale": scale,
-        "data_range": data.data_range,
-        "intensity": data.intensity,
-        "spatial_dims": data.spatial_dims,
-        "input_shape": list(data.input_shape),
-        "patch_size": list(settings.data.patch_size) if settings.data.patch_size else None,
-        "latent_shape": list(final.latent_shape(data.input_shape)),
-        "weights": "ema" if settings.train.ema else "model",
-        "step": chosen_step,
-        "training_precision": precision.name,  # the weights are float32 either way
-    }
-    write_model(partial, final.state_dict(), info)
+    record = AutoencoderRecord(
+        kind=settings.model.kind,
+        config=final.config(),
+        latent_scale=scale,
+        data_range=data.data_range,
+        intensity=data.intensity,
+        spatial_dims=data.spatial_dims,
+        input_shape=list(data.input_shape),
+        patch_size=list(settings.data.patch_size) if settings.data.patch_size else None,
+        latent_shape=list(final.latent_shape(data.input_shape)),
+        weights="ema" if settings.train.ema else "model",
+        step=chosen_step,
+        training_precision=precision.name,  # the weights are float32 either way
+    )
+    write_model(partial, final.state_dict(), record.model_dump(mode="json"))
     last_val = finish_metrics(partial)
     return {
         "kind": settings.model.kind,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +52,40 @@ def index_levels(indices: Any) -> list[tuple[str, Tensor]]:
     return [("", indices)]
 
 
+@dataclass(frozen=True)
+class AETaskConfig:
+    """What the autoencoder task does beyond its modules and data.
+
+    Args:
+        data_range: range of stored values, for SSIM and PSNR.
+        value_range: (low, high) grey scale of the previews (None: from the data).
+        adversarial_loss: "hinge" | "nonsaturating".
+        adversarial_weight: weight of the generator loss.
+        adversarial_start: first step using the discriminator.
+        adaptive: VQGAN's adaptive weight on the generator loss.
+        image_dir: where reconstruction PNGs go (None: none).
+        save_images: items per preview.
+        meta_of: item id -> ImageMeta, to orient the pictures radiologically.
+        memory_format: memory format of training batches (torch.channels_last(_3d) to match a model
+            converted to it), or None.
+    """
+
+    data_range: float = 2.0
+    value_range: tuple[float, float] | None = None
+    adversarial_loss: str = "hinge"
+    adversarial_weight: float = 0.5
+    adversarial_start: int = 0
+    adaptive: bool = True
+    image_dir: Path | None = None
+    save_images: int = 4
+    meta_of: Callable[[str], Any] | None = None
+    memory_format: torch.memory_format | None = None
+
+    def __post_init__(self) -> None:
+        if self.adversarial_loss not in ADVERSARIAL_LOSSES:
+            raise ValueError(f"adversarial_loss={self.adversarial_loss!r} must be one of {sorted(ADVERSARIAL_LOSSES)}")
+
+
 class AutoencoderTask:
     """Training and validation of one autoencoder.
 
@@ -61,19 +96,9 @@ class AutoencoderTask:
         recon_loss: the reconstruction loss mix.
         device: compute device.
         val_batches: ``val_batches()`` -> validation batches (None: no validation).
-        data_range: range of stored values, for SSIM and PSNR.
-        value_range: (low, high) grey scale of the previews (None: from the data).
         discriminator: patch discriminator (DDP-wrapped when distributed) or None.
-        adversarial_loss: "hinge" | "nonsaturating".
-        adversarial_weight: weight of the generator loss.
-        adversarial_start: first step using the discriminator.
-        adaptive: VQGAN's adaptive weight on the generator loss.
         augmentation: batch augmentation applied on the device (in float32, outside autocast), or None.
-        image_dir: where reconstruction PNGs go (None: none).
-        save_images: items per preview.
-        meta_of: item id -> ImageMeta, to orient the pictures radiologically.
-        memory_format: memory format of training batches (torch.channels_last(_3d) to match a model
-            converted to it), or None.
+        config: data range, adversarial weighting, previews and memory format (`AETaskConfig`).
     """
 
     best_metric = "ssim"
@@ -81,13 +106,9 @@ class AutoencoderTask:
 
     def __init__(self, model: nn.Module, loader_fn: Callable[[int, int], Iterable[dict]], recon_loss: ReconstructionLoss,
                  device: torch.device, *, val_batches: Callable[[], Iterable[dict]] | None = None,
-                 data_range: float = 2.0, value_range: tuple[float, float] | None = None,
-                 discriminator: nn.Module | None = None, adversarial_loss: str = "hinge",
-                 adversarial_weight: float = 0.5, adversarial_start: int = 0, adaptive: bool = True,
-                 augmentation: nn.Module | None = None, image_dir: Path | None = None, save_images: int = 4,
-                 meta_of: Callable[[str], Any] | None = None, memory_format: torch.memory_format | None = None):
-        if adversarial_loss not in ADVERSARIAL_LOSSES:
-            raise ValueError(f"adversarial_loss={adversarial_loss!r} must be one of {sorted(ADVERSARIAL_LOSSES)}")
+                 discriminator: nn.Module | None = None, augmentation: nn.Module | None = None,
+                 config: AETaskConfig | None = None):
+        config = config or AETaskConfig()
         self.modules: dict[str, nn.Module] = {"model": model}
         if discriminator is not None:
             self.modules["discriminator"] = discriminator
@@ -95,17 +116,18 @@ class AutoencoderTask:
         self.recon_loss = recon_loss
         self.device = device
         self.val_batches = val_batches
-        self.data_range = float(data_range)
-        self.value_range = value_range
-        self.g_loss_fn, self.d_loss_fn = ADVERSARIAL_LOSSES[adversarial_loss]
-        self.adversarial_weight = adversarial_weight
-        self.adversarial_start = adversarial_start
-        self.adaptive = adaptive
         self.augmentation = augmentation
-        self.image_dir = Path(image_dir) if image_dir is not None else None
-        self.save_images = save_images
-        self.meta_of = meta_of  # item id -> ImageMeta, to orient the pictures radiologically
-        self.memory_format = memory_format
+        self.config = config
+        self.data_range = float(config.data_range)
+        self.value_range = config.value_range
+        self.g_loss_fn, self.d_loss_fn = ADVERSARIAL_LOSSES[config.adversarial_loss]
+        self.adversarial_weight = config.adversarial_weight
+        self.adversarial_start = config.adversarial_start
+        self.adaptive = config.adaptive
+        self.image_dir = Path(config.image_dir) if config.image_dir is not None else None
+        self.save_images = config.save_images
+        self.meta_of = config.meta_of  # item id -> ImageMeta, to orient the pictures radiologically
+        self.memory_format = config.memory_format
 
     # ------------------------------------------------------------------------------------ train
     def train_batches(self, epoch: int, start_batch: int) -> Iterable[dict]:

@@ -10,7 +10,7 @@ from medgen_cli.artefacts import ArtefactError, require
 from medgen_cli.data import ItemDataset
 from medgen_cli.io.store import store_path
 from medgen_cli.steps import train_ae
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 from medgen_cli.train.checkpoint import CheckpointError
 
 from tests.train.helpers import make_prep, tiny_settings

@@ -9,7 +9,7 @@ from medgen_cli.data import ItemDataset, data_range
 from medgen_cli.meta import IntensityMapping
 from medgen_cli.io.store import store_path
 from medgen_cli.models import build_autoencoder
-from medgen_cli.train.ae_task import AutoencoderTask
+from medgen_cli.train.ae_task import AETaskConfig, AutoencoderTask
 from medgen_cli.train.losses import ReconstructionLoss, psnr, ssim
 
 from .helpers import make_prep
@@ -53,7 +53,8 @@ def test_validation_psnr_follows_the_store_mapping(tmp_path):
         span = data_range(store, "train")
         val = ItemDataset(store, "val")
         task = AutoencoderTask(model, lambda e, b: [], ReconstructionLoss(2), torch.device("cpu"),
-                               val_batches=lambda: torch.utils.data.DataLoader(val, batch_size=2), data_range=span)
+                               val_batches=lambda: torch.utils.data.DataLoader(val, batch_size=2),
+                               config=AETaskConfig(data_range=span))
         results[name] = (span, task.validation(model, 0))
     assert results["narrow"][0] == 2.0 and results["wide"][0] == 4.0
     gap = results["wide"][1]["psnr"] - results["narrow"][1]["psnr"]
