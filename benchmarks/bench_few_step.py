@@ -70,7 +70,7 @@ from medgen_cli.settings.diffusion import DIFFUSION_ONLY, FLOW_SAMPLERS
 from medgen_cli.steps import _diffusion, encode_latents, preprocess, sample, train_ae, train_prior
 from medgen_cli.inference import AutoencoderTiler, TilingOptions
 from medgen_cli.settings.tiling import TilingSettings
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 from medgen_cli.loaders.prior import PriorRecord, load_prior
 from medgen_cli.priors import prior_kind
 from medgen_cli.steps._sample_jobs import jobs_for

@@ -190,7 +190,7 @@ def medgen_recon(name: str) -> tuple[np.ndarray, dict]:
     import torch
 
     from medgen_cli.artefacts import require
-    from medgen_cli.steps._load import load_autoencoder
+    from medgen_cli.loaders.autoencoder import load_autoencoder
 
     out = WORK / "runs" / name
     model, info = load_autoencoder(out)

@@ -57,7 +57,7 @@ from medgen_cli.errors import UsageError
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import SampleSettings, load_settings
 from medgen_cli.steps import _diffusion, sample
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 from medgen_cli.loaders.prior import PriorRecord, load_prior
 from medgen_cli.priors import prior_kind
 from medgen_cli.steps._sample_jobs import jobs_for

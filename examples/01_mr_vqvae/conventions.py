@@ -25,7 +25,7 @@ import torch
 
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.metrics.image import resolve_data_range, ssim
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 
 
 def raw_range(source: str, cache: dict[str, float]) -> float:

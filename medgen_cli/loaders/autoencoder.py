@@ -14,15 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from . import MODEL_FILE, MODEL_JSON
 from ..artefacts import ArtefactError, require
 from ..io import fs
 from ..models.configs import AutoencoderConfig
 from ..models.registry import autoencoder_kind, config_from_dict
 
 __all__ = ["MODEL_FILE", "MODEL_JSON", "AutoencoderRecord", "load_autoencoder", "load_autoencoder_record"]
-
-MODEL_FILE = "model.safetensors"
-MODEL_JSON = "model.json"
 
 
 class AutoencoderRecord(BaseModel):

@@ -22,6 +22,7 @@ from ..data.latents import LatentCodec, unit_scale
 from ..errors import StepFailed, UsageError
 from ..io import fs
 from ..io.store import Store, store_path
+from ..models.registry import AUTOENCODERS, autoencoder_kind
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class Latents:
 
     @property
     def is_vqvae2(self) -> bool:
-        return self.summary.get("ae_kind") == "vqvae2"
+        """Two code grids (top and bottom), as the autoencoder kind's registry entry declares."""
+        kind = self.summary.get("ae_kind")
+        return kind in AUTOENCODERS and autoencoder_kind(kind).hierarchical
 
 
 def open_latents(path: str | Path, role: str, store_name: str = "main") -> Latents:

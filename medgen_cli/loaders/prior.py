@@ -22,8 +22,7 @@ from ..artefacts import ArtefactError, require
 from ..io import fs
 from ..priors import prior_kind
 
-MODEL_FILE = "model.safetensors"  # as steps/_training.py writes them (the artefact contract's payload names)
-MODEL_JSON = "model.json"
+from . import MODEL_FILE, MODEL_JSON
 
 
 class _Record(BaseModel):

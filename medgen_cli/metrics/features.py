@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..inference import AutoencoderTiler, TilingOptions
 from ..io.store import Store
 from ..meta import ImageMeta
-from ..train.ae_task import index_levels
+from ..models.base import index_levels
 from .image import codebook_perplexity, codebook_usage
 from .items import item_metrics
 

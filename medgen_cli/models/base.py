@@ -73,6 +73,16 @@ def make_specs(config: AutoencoderConfig, last_level: int | None = None, **pyram
     return spec, opts
 
 
+
+def index_levels(indices: Any) -> list[tuple[str, Tensor]]:
+    """``(level, indices)`` pairs of an autoencoder output's ``indices``: none (KL), one unnamed grid, or the
+    ``top`` and ``bottom`` grids of a two-level model (which returns them as a tuple)."""
+    if indices is None:
+        return []
+    if isinstance(indices, (tuple, list)):
+        return [("top", indices[0]), ("bottom", indices[1])]
+    return [("", indices)]
+
 class Autoencoder(nn.Module, ABC):
     """Base class: subclasses set `self.decoder`, call `_finish_init` and implement the latent API."""
 

@@ -19,13 +19,38 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..priors import names_where, prior_kind, prior_kinds, prior_names
 from .base import IntTuple, Section
 from .common import DataSettings, RuntimeSettings
-from .diffusion import DIFFUSION_ONLY, FLOW_SAMPLERS, DiffusionSettings  # noqa: F401  (the first two re-exported)
+from .diffusion import DIFFUSION_ONLY, DiffusionSettings  # noqa: F401  (the first re-exported)
 from .sample import SampleSettings  # noqa: F401  (re-exported)
 from .tiling import TilingSettings  # noqa: F401  (re-exported)
 from .train import OptimSettings, TrainSettings
+
+
+# The prior registry imports torch and the networks; the settings read it only while validating, so loading the
+# settings (the CLI's --help, `medgen config show`) stays free of torch.
+def prior_names() -> tuple[str, ...]:
+    from ..priors import prior_names as names
+
+    return names()
+
+
+def prior_kind(name: str):
+    from ..priors import prior_kind as kind
+
+    return kind(name)
+
+
+def prior_kinds():
+    from ..priors import prior_kinds as kinds
+
+    return kinds()
+
+
+def names_where(flag: str):
+    from ..priors import names_where as where
+
+    return where(flag)
 
 
 # ---------------------------------------------------------------------------------- encode-latents

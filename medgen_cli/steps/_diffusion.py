@@ -47,7 +47,7 @@ from ..loaders.prior import PriorRecord
 from ..priors.diffusion import training_scheduler
 from ..settings.prior import TrainPriorSettings
 from ..train.diffusion_task import SampleCheck
-from ._load import load_autoencoder
+from ..loaders.autoencoder import load_autoencoder
 from ._mask_condition import TrainingMasks, training_masks
 from ._spacing_condition import TrainingSpacing, training_spacing
 

@@ -18,14 +18,13 @@ from safetensors.torch import save_file
 
 from ..artefacts import ArtefactWriter
 from ..errors import UsageError
+from ..loaders import MODEL_FILE, MODEL_JSON
 from ..runtime import seed_everything, training_runtime  # noqa: F401 - re-exported for the training steps
 from ..train import distributed as dist_utils
 from ..train.distributed import DistContext
 from ..train.metrics_log import read_metrics
 from ..train.checkpoint import write_atomic
 
-MODEL_FILE = "model.safetensors"
-MODEL_JSON = "model.json"
 
 
 def open_on_main(ctx: DistContext, writer: ArtefactWriter | None) -> Path:

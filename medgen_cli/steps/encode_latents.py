@@ -39,11 +39,12 @@ from ..io.store import DamagedStore, Store, store_path
 from ..runtime import inference_device
 from ..settings.prior import EncodeSettings
 from ..viz.previews import latent_preview
-from ._load import load_autoencoder
+from ..loaders.autoencoder import load_autoencoder
+from ..models.quantization import MAX_INT16_CODES
+from ..models.registry import autoencoder_kind
 
 log = logging.getLogger(__name__)
 
-MAX_INT16_CODES = 2**15  # int16 indices hold codebooks of up to 32768 codes
 
 
 @dataclass
@@ -74,8 +75,13 @@ class _Level:
     store: Store | None = None
 
 
+def _two_level(info: dict[str, Any]) -> bool:
+    """A hierarchical autoencoder (VQ-VAE-2): a top and a bottom code grid, as its registry entry declares."""
+    return autoencoder_kind(info["kind"]).hierarchical
+
+
 def _levels(model: torch.nn.Module, info: dict[str, Any], dtype: str) -> list[_Level]:
-    if info["kind"] == "vqvae2":
+    if _two_level(info):
         return [_Level("main", "bottom", tuple(model.downsample_factor), "int16"),
                 _Level("top", "top", tuple(model.total_top_factor), "int16")]
     if model.is_vq:
@@ -105,7 +111,7 @@ def _encode(tiler: AutoencoderTiler, info: dict[str, Any], batch: np.ndarray, sc
     x = batch[:, None]
     if tiler.model.is_vq:
         codes = tiler.encode_indices(x)
-        return [codes[1], codes[0]] if info["kind"] == "vqvae2" else codes  # VQ-VAE-2 gives (top, bottom)
+        return [codes[1], codes[0]] if _two_level(info) else codes  # VQ-VAE-2 gives (top, bottom)
     return [tiler.encode_latents(x).astype(np.float32, copy=False) * np.float32(scale)]
 
 
@@ -115,10 +121,10 @@ def _check_item(model: torch.nn.Module, info: dict[str, Any], item_id: str, shap
                          "encode a store of the rank it was trained on.")
     try:
         model.latent_shape(shape)
-        if info["kind"] == "vqvae2":
+        if _two_level(info):
             model.index_shape(shape)
     except ValueError:
-        factor = model.total_top_factor if info["kind"] == "vqvae2" else model.downsample_factor
+        factor = model.total_top_factor if _two_level(info) else model.downsample_factor
         raise UsageError(f"item {item_id!r} of shape {list(shape)} is not divisible by the autoencoder's "
                          f"downsampling factor {list(factor)}; preprocess with a fitting --shape.") from None
 

@@ -61,7 +61,7 @@ from ..settings.evaluate import EvaluateSettings
 from ..viz import histograms, reconstruction_grid
 from ..viz import evaluation as ve
 from . import evaluate_masks
-from ._load import load_autoencoder
+from ..loaders.autoencoder import load_autoencoder
 
 log = logging.getLogger(__name__)
 

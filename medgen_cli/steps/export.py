@@ -46,7 +46,8 @@ from ..loaders.summaries import summary_record
 from ..models.registry import build_autoencoder
 from ..runtime import inference_device
 from ..settings.evaluate import ExportSettings
-from ._load import MODEL_FILE, MODEL_JSON, load_autoencoder
+from ..loaders import MODEL_FILE, MODEL_JSON
+from ..loaders.autoencoder import load_autoencoder
 from ..metrics.features import batches
 
 log = logging.getLogger(__name__)

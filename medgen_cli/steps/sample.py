@@ -64,7 +64,7 @@ from ..priors import PriorKind, prior_kind
 from ..runtime import inference_device
 from ..settings.sample import SampleSettings
 from . import _diffusion, _mask_condition, _spacing_condition
-from ._load import load_autoencoder
+from ..loaders.autoencoder import load_autoencoder
 from ._sample_jobs import Job, jobs_for, labels_for, mask_jobs
 from ._sample_output import Output, decode, previews, reference, representative_geometry, sample_meta
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..models.base import index_levels
 from ..models.discriminator import (
     adaptive_weight,
     hinge_d_loss,
@@ -42,14 +43,6 @@ ADVERSARIAL_LOSSES = {"hinge": (hinge_g_loss, hinge_d_loss), "nonsaturating": (n
 def reconstruct(model: nn.Module, x: Tensor) -> Any:
     """Deterministic forward pass: VQ models in eval mode, KL models from the posterior mean."""
     return model(x) if model.is_vq else model(x, sample_posterior=False)
-
-
-def index_levels(indices: Any) -> list[tuple[str, Tensor]]:
-    if indices is None:
-        return []
-    if isinstance(indices, (tuple, list)):
-        return [("top", indices[0]), ("bottom", indices[1])]
-    return [("", indices)]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import EncodeSettings, EvaluateSettings, ExportSettings, TrainPriorSettings, load_settings
 from medgen_cli.steps import encode_latents, evaluate, export, sample, train_ae, train_prior
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 from tests.faults.conftest import assert_refused, invoke
 from tests.inference.conftest import no_seam, phantom, realistic, seams
 from tests.steps.conftest import PRIOR_ARGS, sample_settings

@@ -29,7 +29,7 @@ from medgen_cli.io import fs
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import EncodeSettings, EvaluateSettings, ExportSettings, PreprocessSettings, load_settings
 from medgen_cli.steps import encode_latents, evaluate, export, preprocess, sample, train_ae, train_prior
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 from medgen_cli.loaders.prior import load_prior
 from tests.conftest import sphere_phantom, write_nifti
 from tests.io.moto_helpers import moto_bucket

@@ -17,7 +17,7 @@ from medgen_cli.models.priors import UNetPrior
 from medgen_cli.sampling.schedulers import DDIMScheduler
 from medgen_cli.settings import PreprocessSettings, SettingsError, TrainAESettings, TrainPriorSettings, load_settings
 from medgen_cli.steps import encode_latents, preprocess, sample, train_ae, train_prior
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 from medgen_cli.loaders.prior import load_prior
 from medgen_cli.train.diffusion_task import DiffusionLoss
 

@@ -10,7 +10,7 @@ from medgen_cli.errors import UsageError
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import EncodeSettings
 from medgen_cli.steps import encode_latents
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 
 from tests.steps.conftest import encode_settings
 

@@ -18,7 +18,7 @@ from medgen_cli.settings import load_settings
 from medgen_cli.settings.evaluate import ExportSettings
 from medgen_cli.settings.prior import EncodeSettings
 from medgen_cli.steps import encode_latents, export, train_ae
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 
 from tests.export.helpers import ct_item, read_series, sitk_affine, values_at_item_voxels
 from tests.train.helpers import make_prep, tiny_settings

@@ -12,7 +12,7 @@ from medgen_cli.meta import ImageMeta
 from medgen_cli.io.store import Store, store_path
 from medgen_cli.settings import SettingsError
 from medgen_cli.steps import sample
-from medgen_cli.steps._load import load_autoencoder
+from medgen_cli.loaders.autoencoder import load_autoencoder
 
 from tests.steps.conftest import sample_settings
 
