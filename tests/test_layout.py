@@ -24,7 +24,7 @@ def _module(path: Path) -> str:
 
 def _imports(path: Path) -> set[str]:
     """Absolute names of the modules ``path`` imports (relative imports resolved)."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     package = _module(path).split(".") if path.name == "__init__.py" else _module(path).split(".")[:-1]
     found = set()
     for node in ast.walk(tree):
