@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import StepFailed
-from ..loaders.summaries import LatentsSummary, SamplesSummary
+from ..loaders.summaries import AutoencoderSummary, LatentsSummary, PriorSummary, SamplesSummary
 from ..settings import load_settings
 from ..windows import preset_list
 from ._ui import console, handled, progress_bar, state
@@ -114,12 +114,13 @@ def train_ae_cmd(
         with progress_bar("train-ae") as update:
             result = train_ae.run(settings, out, overwrite=overwrite, resume=resume, progress=update)
         if main_rank:
-            s, val = result.summary, result.summary.get("val", {})
-            best = (f", best validation SSIM {s['best_ssim']:.3f} at step {s['best_step']}"
-                    if s.get("best_ssim") is not None else "")
+            s = AutoencoderSummary.model_validate(result.summary)
+            val = s.val
+            best = (f", best validation SSIM {s.best_ssim:.3f} at step {s.best_step}"
+                    if s.best_ssim is not None else "")
             last = f", last SSIM {val['ssim']:.3f}, PSNR {val['psnr']:.1f} dB" if "ssim" in val else ""
-            console.print(f"[green]wrote[/] {escape(str(out))} ({s['kind']}, {s['steps']} steps{best}{last}; "
-                          f"weights from step {s['selected_step']})")
+            console.print(f"[green]wrote[/] {escape(str(out))} ({s.kind}, {s.steps} steps{best}{last}; "
+                          f"weights from step {s.selected_step})")
 
 
 # --------------------------------------------------------------------------------- encode-latents
@@ -193,13 +194,14 @@ def train_prior_cmd(
         with progress_bar("train-prior") as update:
             result = train_prior.run(settings, out, overwrite=overwrite, resume=resume, progress=update)
         if main_rank:
-            s, val = result.summary, result.summary.get("val", {})
-            best = (f", best validation loss {s['best_loss']:.4f} at step {s['best_step']}"
-                    if s.get("best_loss") is not None else "")
+            s = PriorSummary.model_validate(result.summary)
+            val = s.val
+            best = (f", best validation loss {s.best_loss:.4f} at step {s.best_step}"
+                    if s.best_loss is not None else "")
             bits = f", {val['bits_per_token']:.3f} bits/token" if "bits_per_token" in val else ""
-            what = prior_kind(s["kind"]).draws  # codes (token priors) or latents, as the kind declares
-            console.print(f"[green]wrote[/] {escape(str(out))} ({s['kind']} over {s['grid_shape']} {what}, {s['steps']} steps{best}{bits}; "
-                          f"weights from step {s['selected_step']})")
+            what = prior_kind(s.kind).draws  # codes (token priors) or latents, as the kind declares
+            console.print(f"[green]wrote[/] {escape(str(out))} ({s.kind} over {s.grid_shape} {what}, {s.steps} steps{best}{bits}; "
+                          f"weights from step {s.selected_step})")
 
 
 # ----------------------------------------------------------------------------------------- sample

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,10 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import StepFailed
+
+if TYPE_CHECKING:  # the card reads the records; building them is the loaders' business
+    from ..loaders.autoencoder import AutoencoderRecord
+    from ..loaders.summaries import AutoencoderSummary
 
 log = logging.getLogger(__name__)
 
@@ -278,25 +282,25 @@ def _lineage_lines(node: dict[str, Any], depth: int = 0) -> list[str]:
     return lines
 
 
-def _model_section(info: dict[str, Any], summary: dict[str, Any]) -> str:
-    config = info.get("config", {})
+def _model_section(info: AutoencoderRecord, summary: AutoencoderSummary) -> str:
+    config = info.config
     return _bullets({
-        "architecture": f"{info.get('kind')} ({info.get('spatial_dims')}D), channels {config.get('channels')}",
-        "input": f"(B, {config.get('in_channels', 1)}, {', '.join(map(str, info.get('input_shape', [])))}) stored values",
-        "latents": f"(B, {', '.join(map(str, info.get('latent_shape', [])))})",
+        "architecture": f"{info.kind} ({info.spatial_dims}D), channels {config.get('channels')}",
+        "input": f"(B, {config.get('in_channels', 1)}, {', '.join(map(str, info.input_shape or []))}) stored values",
+        "latents": f"(B, {', '.join(map(str, info.latent_shape or []))})",
         "codebook": config.get("num_embeddings"),  # VQ configs only
-        "latent scale (KL)": info.get("latent_scale"),
-        "parameters": summary.get("parameters"),
-        "weights": f"{info.get('weights', 'model')} weights of step {info.get('step')}",
+        "latent scale (KL)": info.latent_scale,
+        "parameters": summary.parameters,
+        "weights": f"{info.weights} weights of step {info.step}",
     })
 
 
-def _metrics_section(summary: dict[str, Any]) -> str:
-    val = summary.get("val") or {}
+def _metrics_section(summary: AutoencoderSummary) -> str:
+    val = summary.val
     return _bullets({
-        "training steps": summary.get("steps"),
-        "best validation SSIM": (f"{summary['best_ssim']:.4f} at step {summary.get('best_step')}"
-                                 if isinstance(summary.get("best_ssim"), (int, float)) else None),
+        "training steps": summary.steps,
+        "best validation SSIM": (f"{summary.best_ssim:.4f} at step {summary.best_step}"
+                                 if summary.best_ssim is not None else None),
         **{f"last validation {k}": f"{v:.4g}" for k, v in val.items() if isinstance(v, (int, float))},
     }) or "- none recorded"
 
@@ -321,25 +325,25 @@ def _training_section(settings: dict[str, Any]) -> str:
     })
 
 
-def model_card(info: dict[str, Any], summary: dict[str, Any], settings: dict[str, Any], data: dict[str, Any] | None,
-               lineage: dict[str, Any], source: str) -> str:
+def model_card(info: AutoencoderRecord, summary: AutoencoderSummary, settings: dict[str, Any],
+               data: dict[str, Any] | None, lineage: dict[str, Any], source: str) -> str:
     """A model card (``README.md``) for exported autoencoder weights.
 
     Args:
-        info: ``model.json`` of the autoencoder.
-        summary: the autoencoder manifest's summary (steps, validation metrics, ...).
+        info: ``model.json`` of the autoencoder (`load_autoencoder_record`).
+        summary: the autoencoder manifest's summary (steps, validation metrics, ...) as its record.
         settings: the autoencoder's resolved settings.
         data: summary of the training store (``Store.summary()``), or None when unavailable.
         lineage: ``artefacts.lineage`` of the autoencoder.
         source: the autoencoder artefact's path.
     """
-    intensity = info.get("intensity") or {}
+    intensity = info.intensity or {}
     model, metrics = _model_section(info, summary), _metrics_section(summary)
     data_text, training = _data_section(data), _training_section(settings)
     mapping = (f"{intensity.get('method')} {intensity.get('in_low')}..{intensity.get('in_high')} {intensity.get('unit')} "
                f"-> [{intensity.get('out_low')}, {intensity.get('out_high')}]" + (" (clipped)" if intensity.get("clip") else ""))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return f"""# medgen autoencoder: {info.get('kind')} ({info.get('spatial_dims')}D)
+    return f"""# medgen autoencoder: {info.kind} ({info.spatial_dims}D)
 
 Exported by medgen {__version__} on {created} from `{source}`.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from ..errors import StepFailed, UsageError
 from ..io import fs
 from ..io.store import Store, store_path
 from ..models.registry import AUTOENCODERS, autoencoder_kind
+from .summaries import LatentsSummary, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Latents:
     Args:
         path: the artefact directory.
         ref: its manifest reference (role ``latents`` or ``condition``).
-        summary: its manifest summary (written by encode-latents).
+        summary: its manifest summary (written by encode-latents) as its typed record.
         store_name: the store read (``main``, or ``top`` for vqvae2).
         store: that store.
         grid_shape: the code grid of every item.
@@ -44,7 +44,7 @@ class Latents:
 
     path: Path
     ref: InputRef
-    summary: dict[str, Any]
+    summary: LatentsSummary
     store_name: str
     store: Store
     grid_shape: list[int] | None
@@ -54,7 +54,7 @@ class Latents:
     @property
     def is_vqvae2(self) -> bool:
         """Two code grids (top and bottom), as the autoencoder kind's registry entry declares."""
-        kind = self.summary.get("ae_kind")
+        kind = self.summary.ae_kind
         return kind in AUTOENCODERS and autoencoder_kind(kind).hierarchical
 
 
@@ -62,8 +62,8 @@ def open_latents(path: str | Path, role: str, store_name: str = "main") -> Laten
     """Require a latents artefact and open one of its stores (a `UsageError` names what is wrong)."""
     path = fs.location(path)
     ref = input_ref(path, role, "latents")
-    summary = require(path, "latents").summary
-    stores = summary.get("stores", {})
+    summary = read_summary(path, "latents")
+    stores = summary.stores
     if store_name not in stores:
         raise UsageError(f"{path} has no store named {store_name!r}; it holds {sorted(stores)}.")
     try:
@@ -73,7 +73,7 @@ def open_latents(path: str | Path, role: str, store_name: str = "main") -> Laten
     except ValueError:
         raise UsageError(f"{store_path(path, store_name)} is missing or damaged; re-run medgen encode-latents.") from None
     info = stores[store_name]
-    return Latents(path, ref, summary, store_name, store, info.get("grid_shape"), info.get("num_embeddings"))
+    return Latents(path, ref, summary, store_name, store, info.grid_shape, info.num_embeddings)
 
 
 @dataclass
@@ -132,8 +132,8 @@ def latent_codec(lat: Latents, scale: float | None = None, split: str | None = N
     if lat.is_vqvae2:
         raise UsageError(f"{lat.path} holds vqvae2 codes (a top and a bottom grid); a diffusion prior models "
                          "KL latents or the codes of a single-level VQ autoencoder (vqvae, vqgan).")
-    if not summary.get("is_vq"):
-        return LatentCodec(None, float(summary.get("latent_scale") or 1.0))
+    if not summary.is_vq:
+        return LatentCodec(None, float(summary.latent_scale or 1.0))
     if autoencoder is None:
         raise ValueError(f"the VQ codes of {lat.path} need their autoencoder's codebook; pass autoencoder=")
     quantizer = getattr(autoencoder, "quantizer", None)

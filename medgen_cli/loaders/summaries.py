@@ -8,7 +8,8 @@ older reader still opens a newer artefact's summary. Records are frozen: they de
 - `read_summary(path, kind)`: ``require`` the artefact (complete, of ``kind``) and return its typed summary;
 - `summary_record(kind, summary)`: the same for a summary already in memory (a step's result);
 - `SUMMARIES`: kind -> record, one line per kind (kinds without a record here, e.g. ``evaluation``
-  whose summary is its open-ended metrics, read as `FreeSummary`).
+  whose summary is its open-ended metrics, read as `FreeSummary`);
+- `summary_json(record)`: the record as the JSON it was made from (the keys it was given, nothing added).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..artefacts import KIND_MAKERS, MANIFEST, ArtefactError, Kind, require
 
-__all__ = ["SUMMARIES", "ExportSummary", "FreeSummary", "LatentStoreSummary", "LatentsSummary", "MaskSummary",
-           "PreprocessedSummary", "SamplesSummary", "StoreSummary", "read_summary", "summary_record"]
+__all__ = ["SUMMARIES", "AutoencoderSummary", "ExportSummary", "FreeSummary", "LatentStoreSummary", "LatentsSummary",
+           "MaskSummary", "PreprocessedSummary", "PriorSummary", "SamplesSummary", "StoreSummary", "read_summary",
+           "summary_json", "summary_record"]
 
 
 class _Record(BaseModel):
@@ -99,6 +101,55 @@ class LatentsSummary(_Record):
     stores: dict[str, LatentStoreSummary]
 
 
+class AutoencoderSummary(_Record):
+    """``medgen train-ae``: the run (steps, best and selected step, last validation metrics) and the KL scale."""
+
+    kind: str
+    spatial_dims: int
+    steps: int
+    stopped_early: bool = False
+    selected_step: int
+    best_step: Optional[int] = None
+    best_ssim: Optional[float] = None  # None without validation
+    val: dict[str, Any] = {}  # the last validation record's metrics
+    minutes: Optional[float] = None  # run facts: reported, read by nothing
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    channels_last: bool = False
+    compiled: bool = False
+    planned_steps: Optional[int] = None  # time-bounded runs
+    world_size: int = 1
+    parameters: int
+    latent_scale: Optional[float] = None  # KL: 1 / std of the latent means; None for VQ
+    latent_mean: Optional[float] = None  # KL only, with latent_std and latent_items
+    latent_std: Optional[float] = None
+    latent_items: Optional[int] = None
+
+
+class PriorSummary(_Record):
+    """``medgen train-prior``: the prior's kind and grid, what it is conditioned on and the run."""
+
+    kind: str
+    grid_shape: Optional[list[int]]
+    num_embeddings: Optional[int] = None  # None for continuous latents
+    conditional: bool = False
+    join: Optional[str] = None  # item or subject (conditional priors)
+    spacing: bool = False  # absent before spacing conditioning
+    masks: Optional[list[int]] = None  # the label values of the masks conditioned on (absent before masks)
+    num_classes: Optional[int] = None
+    steps: int
+    stopped_early: bool = False
+    selected_step: int
+    best_step: Optional[int] = None
+    best_loss: Optional[float] = None  # None without validation
+    minutes: Optional[float] = None
+    parameters: int
+    val: dict[str, Any] = {}  # the last validation record's metrics
+    device: Optional[str] = None  # run facts: reported, read by nothing
+    precision: Optional[str] = None
+    world_size: int = 1
+
+
 class SamplesSummary(_Record):
     """``medgen sample``: the prior and sampler, the samples drawn and what they were conditioned on."""
 
@@ -149,12 +200,14 @@ class ExportSummary(_Record):
 
 
 class FreeSummary(_Record):
-    """A summary without a fixed shape (``evaluation``: its metrics; ``autoencoder``, ``prior``: for now)."""
+    """A summary without a fixed shape (``evaluation``: its metrics)."""
 
 
 SUMMARIES: dict[str, type[_Record]] = {
     "preprocessed": PreprocessedSummary,
+    "autoencoder": AutoencoderSummary,
     "latents": LatentsSummary,
+    "prior": PriorSummary,
     "samples": SamplesSummary,
     "export": ExportSummary,
 }
@@ -180,3 +233,9 @@ def summary_record(kind: str, summary: dict[str, Any], where: Path | str | None 
 def read_summary(path: Path | str, kind: Kind) -> _Record:
     """The typed summary of the complete ``kind`` artefact at ``path`` (``require`` checks it first)."""
     return summary_record(kind, require(path, kind).summary, path)
+
+
+def summary_json(record: BaseModel) -> dict[str, Any]:
+    """``record`` as the JSON summary it was read from: the keys it was given (nested records too), in the order
+    of its fields, then the keys it does not declare; defaults it filled in are left out."""
+    return record.model_dump(mode="json", exclude_unset=True)

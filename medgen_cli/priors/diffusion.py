@@ -35,9 +35,9 @@ def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_c
     """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject; label maps
     and spacing add ``extra_channels`` condition channels after those of the condition latents)."""
     d = settings.diffusion
-    cond_channels = sum(int(c.summary["latent_channels"]) * c.items_per_subject for c in conds) + extra_channels
+    cond_channels = sum(int(c.summary.latent_channels) * c.items_per_subject for c in conds) + extra_channels
     config = UNetPriorConfig(
-        spatial_dims=len(lat.grid_shape), in_channels=int(lat.summary["latent_channels"]), base_channels=d.base_channels,
+        spatial_dims=len(lat.grid_shape), in_channels=int(lat.summary.latent_channels), base_channels=d.base_channels,
         channel_mults=list(d.channel_mults), num_res_blocks=d.num_res_blocks, attention_levels=list(d.attention_levels),
         mid_attention=d.mid_attention, num_heads=d.num_heads, dropout=d.dropout, num_groups=d.num_groups,
         cond_channels=cond_channels, num_classes=num_classes)

@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # types only: the registry never imports the steps' loaders a
 
 def require_codes(lat: Latents, kind: str, what: str = "training data") -> None:
     """Refuse continuous latents, and code grids of varying shapes, for a token prior."""
-    if not lat.summary.get("is_vq"):
-        raise UsageError(f"{lat.path} holds continuous {lat.summary.get('ae_kind', 'KL')} latents, but a {kind} prior "
+    if not lat.summary.is_vq:
+        raise UsageError(f"{lat.path} holds continuous {lat.summary.ae_kind} latents, but a {kind} prior "
                          f"needs VQ codes as {what}; encode with a vqvae, vqgan or vqvae2 autoencoder.")
     if lat.grid_shape is None:
         raise UsageError(f"the items of {lat.path} ({lat.store_name}) have code grids of different shapes; "

@@ -107,7 +107,7 @@ def prepare(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]) ->
 
 def _autoencoder(lat: Latents) -> nn.Module | None:
     """The autoencoder behind VQ codes of one level (their codebook makes them continuous), else None."""
-    if lat.summary.get("is_vq") and not lat.is_vqvae2:
+    if lat.summary.is_vq and not lat.is_vqvae2:
         return load_autoencoder(latents_lineage(lat.path).autoencoder)[0]
     return None
 
@@ -162,12 +162,12 @@ def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, 
     """The diffusion part of ``model.json``."""
     d = settings.diffusion
     return {
-        "latent": {"channels": int(lat.summary["latent_channels"]), "is_vq": bool(lat.summary.get("is_vq")),
+        "latent": {"channels": int(lat.summary.latent_channels), "is_vq": bool(lat.summary.is_vq),
                    "scale": data.codec.scale},
         "diffusion": {"objective": d.objective, "scheduler": scheduler_config(settings, lat.grid_shape),
                       "p_uncond": d.p_uncond, "min_snr_gamma": d.min_snr_gamma},
         "sampling": {"scheduler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance_scale": d.guidance_scale},
-        "condition_latents": [{"channels": int(c.summary["latent_channels"]), "is_vq": bool(c.summary.get("is_vq")),
+        "condition_latents": [{"channels": int(c.summary.latent_channels), "is_vq": bool(c.summary.is_vq),
                                "scale": codec.scale, "resized": list(c.grid_shape) != list(lat.grid_shape)}
                               for c, codec in zip(conds, data.condition_codecs)],
         **({"masks": data.masks.info()} if data.masks is not None else {}),

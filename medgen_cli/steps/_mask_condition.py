@@ -101,7 +101,7 @@ def training_masks(settings: TrainPriorSettings, lat: Latents) -> TrainingMasks 
     if missing:
         raise UsageError(f"{store.path} has no mask for {len(missing)} training item(s) of {lat.path}, e.g. "
                          f"{missing[0]!r}; condition.masks needs a mask for every item.")
-    factor = [int(f) for f in lat.summary["stores"][lat.store_name]["factor"]]
+    factor = [int(f) for f in lat.summary.stores[lat.store_name].factor]
     want = [g * f for g, f in zip(lat.grid_shape, factor)]
     bad = next((i for i in sources if list(store.array(i).shape) != want), None)
     if bad is not None:

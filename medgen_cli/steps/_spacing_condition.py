@@ -66,7 +66,7 @@ def training_spacing(settings: TrainPriorSettings, lat: Latents) -> TrainingSpac
     if not settings.condition.spacing:
         return None
     d, dims = settings.data, len(lat.grid_shape)
-    factor = [int(f) for f in lat.summary["stores"][lat.store_name]["factor"]]
+    factor = [int(f) for f in lat.summary.stores[lat.store_name].factor]
     train = lat.store.ids(d.train_split)
     ids = train + (lat.store.ids(d.val_split) if d.val_split else [])
     spacings = {i: image_spacing(lat.store.meta(i), dims, factor) for i in ids}

@@ -39,7 +39,7 @@ from ..io.store import DamagedStore, Store, store_path
 from ..runtime import inference_device
 from ..settings.prior import EncodeSettings
 from ..viz.previews import latent_preview
-from ..loaders.autoencoder import load_autoencoder
+from ..loaders.autoencoder import AutoencoderRecord, load_autoencoder_record
 from ..models.quantization import MAX_INT16_CODES
 from ..models.registry import autoencoder_kind
 
@@ -75,12 +75,12 @@ class _Level:
     store: Store | None = None
 
 
-def _two_level(info: dict[str, Any]) -> bool:
+def _two_level(info: AutoencoderRecord) -> bool:
     """A hierarchical autoencoder (VQ-VAE-2): a top and a bottom code grid, as its registry entry declares."""
-    return autoencoder_kind(info["kind"]).hierarchical
+    return autoencoder_kind(info.kind).hierarchical
 
 
-def _levels(model: torch.nn.Module, info: dict[str, Any], dtype: str) -> list[_Level]:
+def _levels(model: torch.nn.Module, info: AutoencoderRecord, dtype: str) -> list[_Level]:
     if _two_level(info):
         return [_Level("main", "bottom", tuple(model.downsample_factor), "int16"),
                 _Level("top", "top", tuple(model.total_top_factor), "int16")]
@@ -105,7 +105,7 @@ def _open_inputs(settings: EncodeSettings) -> tuple[Store, list]:
     return store, refs
 
 
-def _encode(tiler: AutoencoderTiler, info: dict[str, Any], batch: np.ndarray, scale: float) -> list[np.ndarray]:
+def _encode(tiler: AutoencoderTiler, info: AutoencoderRecord, batch: np.ndarray, scale: float) -> list[np.ndarray]:
     """(B, *spatial) stored images -> one (B, ...) array per level, in the order of `_levels` (int64
     codes, or float32 latents x ``scale``), whole or tile by tile (``tiling``)."""
     x = batch[:, None]
@@ -115,9 +115,9 @@ def _encode(tiler: AutoencoderTiler, info: dict[str, Any], batch: np.ndarray, sc
     return [tiler.encode_latents(x).astype(np.float32, copy=False) * np.float32(scale)]
 
 
-def _check_item(model: torch.nn.Module, info: dict[str, Any], item_id: str, shape: tuple[int, ...]) -> None:
-    if len(shape) != info["spatial_dims"]:
-        raise UsageError(f"item {item_id!r} is {len(shape)}D but the autoencoder is {info['spatial_dims']}D; "
+def _check_item(model: torch.nn.Module, info: AutoencoderRecord, item_id: str, shape: tuple[int, ...]) -> None:
+    if len(shape) != info.spatial_dims:
+        raise UsageError(f"item {item_id!r} is {len(shape)}D but the autoencoder is {info.spatial_dims}D; "
                          "encode a store of the rank it was trained on.")
     try:
         model.latent_shape(shape)
@@ -160,20 +160,20 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     ids = store.ids()
     if not ids:
         raise UsageError(f"{store.path} has no complete items to encode.")
-    model, info = load_autoencoder(settings.ae, device)
+    model, info = load_autoencoder_record(settings.ae, device)
     try:
         tiler = AutoencoderTiler(model, TilingOptions(**settings.tiling.options()), device)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    num_embeddings = info["config"].get("num_embeddings") if model.is_vq else None
+    num_embeddings = info.config.get("num_embeddings") if model.is_vq else None
     if num_embeddings is not None and num_embeddings > MAX_INT16_CODES:
         raise UsageError(f"the autoencoder's codebook has {num_embeddings} codes, more than int16 indices hold "
                          f"({MAX_INT16_CODES}); train it with model.num_embeddings <= {MAX_INT16_CODES}.")
     scale = 1.0
     if not model.is_vq:
-        if info.get("latent_scale") is None:
+        if info.latent_scale is None:
             raise UsageError(f"{settings.ae} has no latent_scale in its model.json; re-run medgen train-ae.")
-        scale = float(info["latent_scale"])
+        scale = float(info.latent_scale)
     first_of_shape = {tuple(store.array(i).shape): i for i in reversed(ids)}
     for shape, item_id in first_of_shape.items():
         _check_item(model, info, item_id, shape)
@@ -191,7 +191,7 @@ def run(settings: EncodeSettings, out: Path | str, *, overwrite: bool = False,
     if skipped:
         log.info("resuming: %d of %d items already encoded", skipped, len(ids))
     done = skipped
-    with _stacked_writers(levels, info["spatial_dims"]) as writers:
+    with _stacked_writers(levels, info.spatial_dims) as writers:
         for batch_ids in _batches(store, todo, settings.batch_size):
             done = _encode_batch(store, batch_ids, tiler, info, levels, scale, writers) + done
             if progress is not None:
@@ -216,7 +216,7 @@ def _stacked_writers(levels: list[_Level], spatial_dims: int):
             stacked.flush()
 
 
-def _encode_batch(store: Store, batch_ids: list[str], tiler: AutoencoderTiler, info: dict[str, Any],
+def _encode_batch(store: Store, batch_ids: list[str], tiler: AutoencoderTiler, info: AutoencoderRecord,
                   levels: list[_Level], scale: float, writers: dict[str, Any]) -> int:
     """Encode and write one batch of items of one shape; returns its size."""
     arrays = np.stack(store.read_many(batch_ids))
@@ -250,7 +250,7 @@ def _preview(partial: Path, images: Store, levels: list[_Level], num_embeddings:
         log.warning("could not draw a preview of the latents: %s", err)
 
 
-def _summary(model, info, levels: list[_Level], num_embeddings, scale, settings: EncodeSettings,
+def _summary(model, info: AutoencoderRecord, levels: list[_Level], num_embeddings, scale, settings: EncodeSettings,
              data: Store) -> dict[str, Any]:
     stores: dict[str, Any] = {}
     for lv in levels:
@@ -263,13 +263,13 @@ def _summary(model, info, levels: list[_Level], num_embeddings, scale, settings:
         splits[str(split)] = splits.get(str(split), 0) + 1
     image_shapes = {tuple(data.array(i).shape) for i in data.ids()}
     return {
-        "ae_kind": info["kind"],
+        "ae_kind": info.kind,
         "is_vq": bool(model.is_vq),
         "num_embeddings": num_embeddings,
         "grid_shape": stores["main"]["grid_shape"],
         "latent_channels": int(model.latent_channels),
         "latent_scale": None if model.is_vq else scale,
-        "spatial_dims": int(info["spatial_dims"]),
+        "spatial_dims": int(info.spatial_dims),
         "image_shape": _common(image_shapes),
         "data_store": settings.store,
         "items": len(levels[0].store.ids()),

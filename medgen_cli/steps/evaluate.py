@@ -61,7 +61,7 @@ from ..settings.evaluate import EvaluateSettings
 from ..viz import histograms, reconstruction_grid
 from ..viz import evaluation as ve
 from . import evaluate_masks
-from ..loaders.autoencoder import load_autoencoder
+from ..loaders.autoencoder import load_autoencoder, load_autoencoder_record
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +184,11 @@ def _reconstruction(settings, ae, partial, device, result, progress) -> None:
     split = settings.split or "test"
     store = _open_store(settings.data, settings.store)
     ids = _split_ids(store, settings.data, split, settings.max_items)
-    model, info = load_autoencoder(ae, device)
+    model, info = load_autoencoder_record(ae, device)
     tiler = _tiler(settings, model, device)
     mapping = store.meta(ids[0]).intensity
-    if info.get("intensity"):
-        report_mappings(IntensityMapping.from_dict(info["intensity"]), mapping, f"the autoencoder {ae} was trained on",
+    if info.intensity:
+        report_mappings(IntensityMapping.from_dict(info.intensity), mapping, f"the autoencoder {ae} was trained on",
                         f"{settings.data} holds")
     shown = ve.pick(ids, settings.max_pictures)
     rows, codebook, kept = reconstruct_items(tiler, store, ids, device, settings.batch_size, settings.axis,

@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..io import fs
 from ..io.masks import MASK_STORE, mask_store_name
 from ..io.store import Store, store_path
+from ..loaders.summaries import summary_record
 from ..metrics.labels import PERCENTILES, compare, label_stats
 from ..metrics.report import write_csv
 from ..safety import normal_path
@@ -86,7 +87,8 @@ def per_label(settings, s_store: Store, s_ids: list[str], partial: Path, result)
         result.rows += [(f"{SECTION} ({unit})", f"label {label} real", _text(row["real"])),
                         (f"{SECTION} ({unit})", f"label {label} generated", _text(row["generated"])),
                         (f"{SECTION} ({unit})", f"label {label} mean difference", "n/a" if diff is None else f"{diff:+.4g}")]
-    drawn_for = read_manifest(settings.samples).summary.get("masks")  # the artefact whose masks the samples used
+    samples = summary_record("samples", read_manifest(settings.samples).summary, settings.samples)
+    drawn_for = samples.masks  # the artefact whose masks the samples used
     paired = drawn_for is not None and normal_path(drawn_for) == normal_path(settings.data)
     if not paired:
         log.info("mask overlay without real images: the samples were drawn for the masks of %s, not of %s",

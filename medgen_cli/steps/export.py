@@ -47,7 +47,7 @@ from ..models.registry import build_autoencoder
 from ..runtime import inference_device
 from ..settings.evaluate import ExportSettings
 from ..loaders import MODEL_FILE, MODEL_JSON
-from ..loaders.autoencoder import load_autoencoder
+from ..loaders.autoencoder import AutoencoderRecord, load_autoencoder, load_autoencoder_record
 from ..metrics.features import batches
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
     except ValueError:
         raise UsageError(f"the data of {source} ({data_store}) is not readable; decoded images take their "
                          "geometry and intensity mapping from its items") from None
-    model, info = load_autoencoder(ae, device)
+    model, info = load_autoencoder_record(ae, device)
     try:
         tiler = AutoencoderTiler(model, tiling, device)
     except ValueError as err:
@@ -197,7 +197,7 @@ def _decoded(source: str, store: Store, ids: list[str], ae: Path, device: torch.
             raise
         except ValueError:
             raise UsageError(f"{source} holds VQ-VAE-2 bottom codes but no top store (top.zarr)") from None
-    scale = float(info.get("latent_scale") or 1.0)
+    scale = float(info.latent_scale or 1.0)
     for chunk, arrays, _ in batches(store, ids, batch_size):
         tops = None if top is None else np.stack([top.read(i) for i in chunk])
         try:
@@ -224,19 +224,21 @@ def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress
     if fmt == "onnx" and (reason := mx.onnx_missing()):
         raise UsageError(reason)
     device = inference_device("cpu", settings.runtime.threads)  # exported modules run anywhere; trace on the CPU
-    model, info = load_autoencoder(source, device)
+    model, info = load_autoencoder(source, device)  # model.json as read: the export holds a copy
+    record = AutoencoderRecord.model_validate(info)
+    trained = summary_record("autoencoder", manifest.summary, source) if fmt == "safetensors" else None  # the card's
     writer, partial = _writer(settings, out, [input_ref(source, "autoencoder", "autoencoder")], overwrite)
     try:
         (partial / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
         if fmt == "safetensors":
-            checks = [_safetensors(model, info, partial, settings.runtime.seed)]
+            checks = [_safetensors(model, record, partial, settings.runtime.seed)]
             data = _data_summary(manifest.settings)
-            card = mx.model_card(info, manifest.summary, manifest.settings, data, lineage(source), _normal(source))
+            card = mx.model_card(record, trained, manifest.settings, data, lineage(source), _normal(source))
             (partial / "README.md").write_text(card)
         else:
-            mapping = IntensityMapping.from_dict(info.get("intensity"))
+            mapping = IntensityMapping.from_dict(record.intensity)
             value_range = (min(mapping.out_low, mapping.out_high), max(mapping.out_low, mapping.out_high))
-            plans = mx.plan_autoencoder(model, info["input_shape"], value_range, settings.runtime.seed)
+            plans = mx.plan_autoencoder(model, record.input_shape, value_range, settings.runtime.seed)
             checks = []
             for n, plan in enumerate(plans, 1):
                 checks.append(mx.export_checked(plan, fmt, partial, settings.tolerance).record())
@@ -246,7 +248,7 @@ def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    summary = {"format": fmt, "source": str(source), "source_kind": "autoencoder", "model": info.get("kind"),
+    summary = {"format": fmt, "source": str(source), "source_kind": "autoencoder", "model": record.kind,
                "tolerance": settings.tolerance, "modules": checks}
     writer.commit(summary)
     log.info("exported %s as %s to %s", source, fmt, out)
@@ -254,14 +256,14 @@ def _export_model(settings: ExportSettings, out: Path, overwrite: bool, progress
 
 
 @torch.no_grad()
-def _safetensors(model, info: dict[str, Any], partial: Path, seed: int) -> dict[str, Any]:
+def _safetensors(model, info: AutoencoderRecord, partial: Path, seed: int) -> dict[str, Any]:
     """Write the weights, rebuild the model from the written files alone and compare reconstructions."""
     path = partial / MODEL_FILE
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-    rebuilt = build_autoencoder(**info["config"])
+    rebuilt = build_autoencoder(**info.config)
     rebuilt.load_state_dict(load_file(str(path)))
     rebuilt.eval()
-    x = mx.random_input(model, info["input_shape"], 2, seed=seed)
+    x = mx.random_input(model, info.input_shape, 2, seed=seed)
     diff = float((rebuilt.decode_latents(rebuilt.encode_to_latents(x)) - model.decode_latents(model.encode_to_latents(x))).abs().max())
     if diff != 0.0:
         raise StepFailed(f"{path.name} does not rebuild the model exactly (difference {diff:.3g})")

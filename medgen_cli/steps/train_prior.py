@@ -40,6 +40,7 @@ from ..io import fs
 from ..io.store import store_path
 from ..loaders.latents import Latents, open_latents
 from ..loaders.prior import PriorRecord
+from ..loaders.summaries import summary_json
 from ..priors import prior_kind
 from ..priors.tokens import require_codes
 from ..settings.prior import TrainPriorSettings
@@ -208,7 +209,7 @@ def _run(settings, out, ctx, device, precision, overwrite, resume, progress) -> 
     trainer = Trainer(task, settings.optim, settings.train, precision, partial, ctx, progress)
     resumed = trainer.resume() if resume else False
     log.info("training a %s prior over %s latents %s (%d items) on %s (%s)%s", settings.prior.kind,
-             lat.summary.get("ae_kind"), lat.grid_shape, len(train), device, precision.name,
+             lat.summary.ae_kind, lat.grid_shape, len(train), device, precision.name,
              ", resumed" if resumed else "")
     state = trainer.fit()
 
@@ -271,14 +272,14 @@ def _model_info(settings: TrainPriorSettings, lat: Latents, conds: list[Latents]
     return {
         "kind": settings.prior.kind,
         "config": final.config(),
-        "latents": lat.summary,
+        "latents": summary_json(lat.summary),  # the latents manifest's summary as it reads
         "latents_path": lat.ref.path,  # resolved (or a normalised URL)
         "store": lat.store_name,
         "levels": ["top", "bottom"] if lat.is_vqvae2 else ["main"],
         "grid_shape": lat.grid_shape,
-        "top_grid_shape": lat.summary["stores"]["top"]["grid_shape"] if lat.is_vqvae2 else None,
+        "top_grid_shape": lat.summary.stores["top"].grid_shape if lat.is_vqvae2 else None,
         "num_embeddings": lat.num_embeddings,
-        "spatial_dims": lat.summary.get("spatial_dims"),
+        "spatial_dims": lat.summary.spatial_dims,
         "conditions": [{"path": c.ref.path, "store": c.store_name, "role": "condition",
                         "num_embeddings": c.num_embeddings, "grid_shape": c.grid_shape,
                         "items_per_subject": c.items_per_subject} for c in conds],

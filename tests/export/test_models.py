@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from medgen_cli.export import models as mx
+from medgen_cli.loaders.autoencoder import AutoencoderRecord
+from medgen_cli.loaders.summaries import AutoencoderSummary
 from medgen_cli.models import build_autoencoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
@@ -90,11 +92,13 @@ def test_onnx_missing_names_the_extra(monkeypatch):
 
 def test_model_card_has_every_section():
     model = tiny("vqvae", 2)
-    info = {"kind": "vqvae", "spatial_dims": 2, "config": model.config(), "input_shape": [16, 16],
-            "latent_shape": [8, 4, 4], "intensity": {"method": "window", "unit": "HU", "in_low": -1000,
-                                                     "in_high": 1000, "out_low": -1, "out_high": 1, "clip": True},
-            "weights": "model", "step": 5}
-    summary = {"steps": 5, "best_ssim": 0.5, "best_step": 5, "val": {"ssim": 0.5, "psnr": 20.0}, "parameters": 1234}
+    info = AutoencoderRecord(kind="vqvae", spatial_dims=2, config=model.config(), input_shape=[16, 16],
+                             latent_shape=[8, 4, 4], intensity={"method": "window", "unit": "HU", "in_low": -1000,
+                                                                "in_high": 1000, "out_low": -1, "out_high": 1,
+                                                                "clip": True},
+                             weights="model", step=5)
+    summary = AutoencoderSummary(kind="vqvae", spatial_dims=2, steps=5, selected_step=5, best_ssim=0.5, best_step=5,
+                                 val={"ssim": 0.5, "psnr": 20.0}, parameters=1234)
     settings = {"data": {"path": "/d/prep", "store": "main", "train_split": "train"}, "loss": {"l1": 1.0},
                 "optim": {"lr": 1e-3}, "train": {"steps": 5, "val_every": 2}, "augment": {"enabled": False}}
     lineage = {"path": "/d/ae", "kind": "autoencoder", "created": "now",

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from medgen_cli.artefacts import ArtefactError
-from medgen_cli.loaders.summaries import (SUMMARIES, ExportSummary, FreeSummary, LatentsSummary, PreprocessedSummary,
-                                          SamplesSummary, read_summary, summary_record)
+from medgen_cli.loaders.summaries import (SUMMARIES, AutoencoderSummary, ExportSummary, FreeSummary, LatentsSummary,
+                                          PreprocessedSummary, PriorSummary, SamplesSummary, read_summary, summary_json,
+                                          summary_record)
 
 LEGACY = Path(__file__).parents[1] / "fixtures" / "artefacts_v0.1.0"
 
@@ -83,3 +84,30 @@ def test_export_summaries_of_both_shapes():
 def test_kinds_without_a_record_read_as_free_summaries():
     record = summary_record("evaluation", {"reconstruction": {"ssim": 0.5}})
     assert isinstance(record, FreeSummary) and record.model_extra == {"reconstruction": {"ssim": 0.5}}
+
+
+def test_training_summaries_of_the_previous_release():
+    kl = read_summary(LEGACY / "ae_kl", "autoencoder")
+    assert isinstance(kl, AutoencoderSummary) and kl.kind == "klvae" and kl.selected_step == 2
+    assert kl.latent_items == 2 and kl.val["ssim"] == kl.best_ssim
+    vq = read_summary(LEGACY / "ae_vq", "autoencoder")
+    assert vq.latent_scale is None and vq.latent_mean is None and vq.val["codebook_usage"] == 0.5
+    prior = read_summary(LEGACY / "prior_tf", "prior")
+    assert isinstance(prior, PriorSummary) and prior.grid_shape == [4, 4] and prior.num_embeddings == 32
+    assert prior.spacing is False and prior.masks is None  # written since; absent in 0.1.0
+    assert "spacing" not in summary_json(prior) and "masks" not in summary_json(prior)
+
+
+@pytest.mark.parametrize("prior, latents", [("prior_tf", "lat_vq"), ("prior_diff", "lat_kl")])
+def test_a_latents_record_dumps_to_the_json_a_prior_holds(prior, latents):
+    """train-prior writes the latents' summary into model.json through its record: the same text, key for key."""
+    held = json.loads((LEGACY / prior / "model.json").read_text())["latents"]
+    assert json.dumps(summary_json(read_summary(LEGACY / latents, "latents")), indent=2) == json.dumps(held, indent=2)
+
+
+def test_a_summary_lacking_a_key_every_release_wrote_is_one_sentence():
+    summary = json.loads((LEGACY / "prior_tf" / "manifest.json").read_text())["summary"]
+    del summary["steps"]
+    with pytest.raises(ArtefactError, match=r"steps: Field required.*medgen train-prior"):
+        summary_record("prior", summary, "/runs/prior")
+

@@ -3,10 +3,12 @@ every key declared: the records stay in step with what the steps write (the tiny
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from medgen_cli.artefacts import require
-from medgen_cli.loaders.summaries import SUMMARIES, read_summary
+from medgen_cli.loaders.summaries import SUMMARIES, read_summary, summary_json
 from medgen_cli.settings import load_settings
 from medgen_cli.settings.evaluate import ExportSettings
 from medgen_cli.steps import export, sample
@@ -32,9 +34,19 @@ def export_settings(source, fmt) -> ExportSettings:
 def test_every_summary_the_pipeline_writes_reads_as_its_record(chain, tmp_path):
     prep = check(chain.prep, "preprocessed")
     assert set(prep.stores) == {"main", "drr"}
+    for name, ae in chain.ae.items():
+        record = check(ae, "autoencoder")
+        assert record.steps == 2 and (record.latent_scale is None) == (name != "kl")
+        assert (record.latent_items is None) == (name != "kl")  # the KL scale's statistics
     for name, lat in chain.latents.items():
         record = check(lat, "latents")
         assert record.is_vq == (name != "kl") and ("top" in record.stores) == (name == "vq2")
+    prior = check(chain.prior("transformer"), "prior")
+    assert prior.kind == "transformer" and prior.steps == 3 and prior.spacing is False and prior.masks is None
+    # model.json holds the latents' summary through its record, byte for byte as the latents manifest has it
+    latents = json.loads((chain.prior("transformer") / "model.json").read_text())["latents"]
+    assert json.dumps(latents) == json.dumps(require(chain.latents["vq"], "latents").summary)
+    assert json.dumps(summary_json(read_summary(chain.latents["vq"], "latents"))) == json.dumps(latents)
     samples = tmp_path / "samples"
     sample.run(sample_settings(chain.prior("transformer")), samples)
     assert check(samples, "samples").samples == 3
