@@ -134,8 +134,10 @@ def latent_codec(lat: Latents, scale: float | None = None, split: str | None = N
                          "KL latents or the codes of a single-level VQ autoencoder (vqvae, vqgan).")
     if not summary.is_vq:
         return LatentCodec(None, float(summary.latent_scale or 1.0))
-    if autoencoder is None:
-        raise ValueError(f"the VQ codes of {lat.path} need their autoencoder's codebook; pass autoencoder=")
+    if autoencoder is None:  # VQ codes need their autoencoder's codebook: found through the lineage
+        from .autoencoder import load_autoencoder
+
+        autoencoder, _ = load_autoencoder(latents_lineage(lat.path).autoencoder)
     quantizer = getattr(autoencoder, "quantizer", None)
     if quantizer is None:
         raise UsageError(f"the autoencoder behind {lat.path} has no single codebook; re-encode with a vqvae or vqgan.")

@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..models.priors import UNetPrior, UNetPriorConfig
-from ..sampling import (
-    DDIMScheduler,
-    FlowEulerScheduler,
-    Sampler,
-    deterministic_names,
-    family_clash,
-    make_sampler,
-    sample_diffusion,
-)
-from ..train.diffusion_task import DiffusionLoss
+from ..models.priors.config import UNetPriorConfig
+from ..sampling.catalogue import deterministic_names, family_clash
+
+if TYPE_CHECKING:  # the registry loads without torch (the settings read it); the work imports it on use
+    import torch
+    from torch import Tensor, nn
+
+    from ..sampling.registry import Sampler
 from .registry import PriorKind, register_prior
 
 
@@ -34,6 +28,9 @@ from .registry import PriorKind, register_prior
 def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_channels: int = 0):
     """The `UNetPrior` and its `DiffusionLoss` (conditions must know their items per subject; label maps
     and spacing add ``extra_channels`` condition channels after those of the condition latents)."""
+    from ..models.priors.unet import UNetPrior
+    from ..train.diffusion_task import DiffusionLoss
+
     d = settings.diffusion
     cond_channels = sum(int(c.summary.latent_channels) * c.items_per_subject for c in conds) + extra_channels
     config = UNetPriorConfig(
@@ -48,6 +45,9 @@ def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_c
 def training_scheduler(d: Any, grid_shape: list[int]) -> Sampler:
     """The scheduler the prior trains with (``d``: the diffusion settings): DDIM's (a DDPM noise schedule)
     or rectified flow's, sized by the grid."""
+    from ..sampling.flow import FlowEulerScheduler
+    from ..sampling.schedulers import DDIMScheduler
+
     if d.objective == "flow":
         return FlowEulerScheduler(**d.flow_scheduler_args(math.prod(grid_shape)))
     return DDIMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
@@ -89,6 +89,8 @@ def make_prior_sampler(record: Any, name: str) -> Sampler:
 
     ``record``: the prior's `PriorRecord`, or its ``model.json`` as a dict.
     """
+    from ..sampling.registry import make_sampler
+
     stored = record["diffusion"]["scheduler"] if isinstance(record, Mapping) else record.diffusion.scheduler
     config = dict(stored)
     if name == "dpmpp_2m":
@@ -99,6 +101,8 @@ def make_prior_sampler(record: Any, name: str) -> Sampler:
 def sample_latents(model: nn.Module, record: Any, n: int, cond: list[Tensor] | None, labels: Tensor | None,
                    options: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
     """Draw ``n`` latents: autoencoder units for VQ latents, stored units (times latent_scale) for KL."""
+    from ..sampling.diffusion import sample_diffusion
+
     scheduler = make_prior_sampler(record, options["scheduler"])
     kwargs = {}
     if cond:
@@ -137,7 +141,13 @@ def check_train(settings: Any) -> None:
                          "(condition.paths, condition.label, condition.masks or condition.spacing)")
 
 
+def _network():
+    from ..models.priors.unet import UNetPrior
+
+    return UNetPrior
+
+
 KIND = register_prior(PriorKind(
-    name="diffusion", config=UNetPriorConfig, build=build, rebuild=lambda c: UNetPrior(**c), sample=sample,
+    name="diffusion", config=UNetPriorConfig, build=build, rebuild=lambda c: _network()(**c), sample=sample,
     strategy=strategy, sampler_summary=sampling_options, token=False, draws="latents", image_conditions=True,
     sections=("diffusion",), check_settings=check_settings, check_train=check_train))

@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # the registry loads without torch (the settings read it); the work imports it on use
+    from torch import Tensor, nn
 
 from ..errors import UsageError
-from ..models.priors import GatedPixelCNN, GatedPixelCNNConfig, TwoLevelPixelCNN
-from ..sampling import pixelcnn_generate, two_level_generate
-from ..train.prior_task import pixelcnn_loss
+from ..models.priors.config import GatedPixelCNNConfig
 from . import tokens as _tokens
 from .registry import PriorKind, register_prior
 
 
 def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_channels: int = 0):
+    from ..models.priors.pixelcnn import GatedPixelCNN, TwoLevelPixelCNN
+    from ..train.prior_task import pixelcnn_loss
+
     p = settings.prior
     _tokens.require_codes(lat, "pixelcnn")
     if len(lat.grid_shape) != 2:
@@ -34,11 +36,15 @@ def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_c
 
 def rebuild(config: dict[str, Any]) -> nn.Module:
     """One level, or a VQ-VAE-2 pair (``{"top": {...}, "bottom": {...}}``)."""
+    from ..models.priors.pixelcnn import GatedPixelCNN, TwoLevelPixelCNN
+
     return TwoLevelPixelCNN(**config) if set(config) == {"top", "bottom"} else GatedPixelCNN(**config)
 
 
 def sample(model: nn.Module, record: Any, n: int, cond: list[Tensor] | None, labels: Tensor | None, s: Any,
            generator) -> dict[str, Tensor]:
+    from ..sampling.pixelcnn import pixelcnn_generate, two_level_generate
+
     kwargs = {"labels": labels, "sampler_kwargs": s.token_kwargs(), "generator": generator}
     if record.top_grid_shape:  # vqvae2: top codes first, then the bottom given them
         return two_level_generate(model, (n, *record.top_grid_shape), (n, *record.grid_shape), **kwargs)
@@ -59,6 +65,6 @@ def check_settings(p: Any) -> None:
 
 KIND = register_prior(PriorKind(
     name="pixelcnn", config=GatedPixelCNNConfig, build=build, rebuild=rebuild, sample=sample,
-    strategy=_tokens.token_strategy("pixelcnn"), sampler_summary=_tokens.sampler_summary, only_2d=True,
+    strategy=_tokens.token_strategy("pixelcnn"), sampler_summary=_tokens.sampler_summary,
     condition_paths=False, settings_fields=frozenset({"hidden_channels", "num_layers", "kernel_size", "attention_layers"}),
     check_settings=check_settings))

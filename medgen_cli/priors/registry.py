@@ -12,7 +12,7 @@ look a kind up here and never branch on its name:
   kind cannot take); ``sampler_summary(record, sampler, prior)``: the sampler recorded in the summary;
 - flags for settings validation and the steps: ``token`` (models VQ codes; conditions are a token
   prefix; else continuous latents with codecs, the diffusion task and its sampling check),
-  ``only_2d``, ``condition_paths`` (takes condition.paths), ``image_conditions`` (condition.masks /
+  ``condition_paths`` (takes condition.paths), ``image_conditions`` (condition.masks /
   condition.spacing as input channels), ``settings_fields`` (the ``prior.*`` fields it reads),
   ``sections`` (settings sections only it reads, e.g. ``diffusion``), ``check_settings(prior)`` and
   ``check_train(settings)`` (kind-specific rules, raising ValueError).
@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # the registry loads without torch: the settings read it
+    from torch import nn
 
 Builder = Callable[..., "tuple[nn.Module, Callable[..., Any]]"]
 
@@ -50,7 +51,6 @@ class PriorKind:
     sampler_summary: Callable[..., dict[str, Any]]
     token: bool = True
     draws: str = "codes"  # what it draws: codes (token priors) or latents
-    only_2d: bool = False
     condition_paths: bool = True
     image_conditions: bool = False
     settings_fields: frozenset[str] = field(default_factory=frozenset)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # the registry loads without torch (the settings read it); the work imports it on use
+    from torch import Tensor, nn
 
-from ..models.priors import TransformerPrior, TransformerPriorConfig
-from ..sampling import generate
-from ..train.prior_task import transformer_loss
+from ..models.priors.config import TransformerPriorConfig
 from . import tokens as _tokens
 from .registry import PriorKind, register_prior
 
 
 def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_channels: int = 0):
+    from ..models.priors.transformer import TransformerPrior
+    from ..train.prior_task import transformer_loss
+
     p = settings.prior
     _tokens.require_codes(lat, "transformer")
     _tokens.refuse_two_levels(lat)
@@ -26,13 +28,21 @@ def build(settings: Any, lat: Any, conds: list, num_classes: int | None, extra_c
 
 def sample(model: nn.Module, record: Any, n: int, cond: list[Tensor] | None, labels: Tensor | None, s: Any,
            generator) -> dict[str, Tensor]:
+    from ..sampling.autoregressive import generate
+
     tokens = generate(model, model.num_tokens, batch_size=n, condition=_tokens.prefix_condition(cond, labels),
                       sampler_kwargs=s.token_kwargs(), use_cache=s.use_cache, generator=generator)
     return {"main": model.tokens_to_grid(tokens)}
 
 
+def _network():
+    from ..models.priors.transformer import TransformerPrior
+
+    return TransformerPrior
+
+
 KIND = register_prior(PriorKind(
-    name="transformer", config=TransformerPriorConfig, build=build, rebuild=lambda c: TransformerPrior(**c),
+    name="transformer", config=TransformerPriorConfig, build=build, rebuild=lambda c: _network()(**c),
     sample=sample, strategy=_tokens.token_strategy("transformer"), sampler_summary=_tokens.sampler_summary,
     settings_fields=frozenset({"dim", "depth", "mlp_ratio", "ordering", "ordering_seed"}),
     check_settings=_tokens.check_heads))

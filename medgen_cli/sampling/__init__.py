@@ -1,51 +1,27 @@
 """Samplers: token drawing, autoregressive, MaskGIT and PixelCNN decoding loops, diffusion and flow samplers and their loop.
 
-Importing the package registers every diffusion / flow sampler (``ddpm``, ``ddim``, ``dpmpp_2m``,
-``flow_euler``, ``flow_heun``) with ``make_sampler``.
+The diffusion / flow samplers (``ddpm``, ``ddim``, ``dpmpp_2m``, ``flow_euler``, ``flow_heun``) are listed in
+``sampling/catalogue.py`` and registered with ``make_sampler`` when their module is first imported; names are
+imported on first use, so the catalogue (and the settings that read it) load without torch.
 """
 
-from medgen_cli.sampling.autoregressive import generate
-from medgen_cli.sampling.diffusion import sample_diffusion
-from medgen_cli.sampling.dpm_solver import DPMSolverMultistepScheduler
-from medgen_cli.sampling.flow import FlowEulerScheduler, FlowHeunScheduler, resolution_shift, shift_time
-from medgen_cli.sampling.maskgit import maskgit_generate
-from medgen_cli.sampling.pixelcnn import pixelcnn_generate, two_level_generate
-from medgen_cli.sampling.registry import (
-    Sampler,
-    deterministic_names,
-    family_clash,
-    make_sampler,
-    register_sampler,
-    sampler_class,
-    sampler_family,
-    sampler_names,
-)
-from medgen_cli.sampling.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule, make_scheduler
-from medgen_cli.sampling.tokens import filter_logits, sample_tokens
+import importlib
 
-__all__ = [
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "DPMSolverMultistepScheduler",
-    "FlowEulerScheduler",
-    "FlowHeunScheduler",
-    "NoiseSchedule",
-    "Sampler",
-    "deterministic_names",
-    "family_clash",
-    "filter_logits",
-    "generate",
-    "make_sampler",
-    "make_scheduler",
-    "maskgit_generate",
-    "pixelcnn_generate",
-    "register_sampler",
-    "resolution_shift",
-    "sample_diffusion",
-    "sample_tokens",
-    "sampler_class",
-    "sampler_family",
-    "sampler_names",
-    "shift_time",
-    "two_level_generate",
-]
+# name -> module; imported on first use (PEP 562), so the torch-free catalogue loads without torch
+_EXPORTS = {
+    "generate": "autoregressive", "sample_diffusion": "diffusion", "DPMSolverMultistepScheduler": "dpm_solver",
+    "FlowEulerScheduler": "flow", "FlowHeunScheduler": "flow", "resolution_shift": "flow", "shift_time": "flow",
+    "maskgit_generate": "maskgit", "pixelcnn_generate": "pixelcnn", "two_level_generate": "pixelcnn",
+    "Sampler": "registry", "make_sampler": "registry", "register_sampler": "registry", "sampler_class": "registry",
+    "deterministic_names": "catalogue", "family_clash": "catalogue", "sampler_family": "catalogue",
+    "sampler_names": "catalogue", "DDIMScheduler": "schedulers", "DDPMScheduler": "schedulers",
+    "NoiseSchedule": "schedulers", "make_scheduler": "schedulers", "filter_logits": "tokens", "sample_tokens": "tokens",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"medgen_cli.sampling.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'medgen_cli.sampling' has no attribute {name!r}")

@@ -7,8 +7,9 @@ from :class:`Sampler` and belongs to a ``family``, which fixes what the denoiser
 - ``flow``: rectified flow on straight paths, model output the velocity (``flow_euler``, ``flow_heun``).
 
 Each class also declares ``takes_eta``: whether its steps take a stochasticity ``eta`` (ddim, ddpm) or
-are deterministic and take eta 0 only (dpmpp_2m, the flow samplers); settings derive their sampler
-lists from ``sampler_names(family)`` and ``deterministic_names()``.
+are deterministic and take eta 0 only (dpmpp_2m, the flow samplers). Names, families and eta are also one
+torch-free line each in ``sampling/catalogue.py``, which the settings read (``sampler_names(family)``,
+``deterministic_names()``) and the decorator checks the class against.
 
 Samplers of one family share one config: a prior stores its training scheduler's ``config()`` once and
 ``make_sampler(name, **config)`` builds any sampler of that family from it (timm's
@@ -30,10 +31,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import importlib
+
 import torch
 from torch import Tensor
 
-FAMILIES = ("diffusion", "flow")
+from medgen_cli.sampling.catalogue import (  # noqa: F401 - the torch-free half of the registry, re-exported
+    FAMILIES,
+    SAMPLERS,
+    deterministic_names,
+    family_clash,
+    sampler_entry,
+    sampler_family,
+    sampler_names,
+)
 
 _REGISTRY: dict[str, type[Sampler]] = {}
 
@@ -78,13 +89,18 @@ class Sampler:
 
 
 def register_sampler(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
-    """Class decorator: make ``make_sampler(name, ...)`` build this class (one name per class)."""
+    """Class decorator: make ``make_sampler(name, ...)`` build this class (one name per class); its family and
+    eta must agree with its line in ``sampling/catalogue.py``."""
 
     def wrap(cls: type[Sampler]) -> type[Sampler]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"sampler name {name!r} is already registered to {_REGISTRY[name].__name__}")
         if cls.family not in FAMILIES:
             raise ValueError(f"sampler {name!r} has family {cls.family!r}; expected one of {FAMILIES}")
+        entry = SAMPLERS.get(name)
+        if entry is None or (entry.family, entry.takes_eta) != (cls.family, cls.takes_eta):
+            raise ValueError(f"sampler {name!r} ({cls.family}, takes_eta={cls.takes_eta}) needs the same line in "
+                             f"medgen_cli/sampling/catalogue.py (it has {entry})")
         cls.registry_name = name
         _REGISTRY[name] = cls
         return cls
@@ -92,37 +108,13 @@ def register_sampler(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
     return wrap
 
 
-def sampler_names(family: str | None = None) -> tuple[str, ...]:
-    """The registered names (sorted), optionally only those of one ``family``."""
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    return tuple(sorted(n for n, c in _REGISTRY.items() if family is None or c.family == family))
-
-
 def sampler_class(name: str) -> type[Sampler]:
-    """The class registered as ``name``; an unknown name is a ValueError listing the registered ones."""
+    """The class registered as ``name`` (its module imported on first use); an unknown name is a ValueError
+    listing the registered ones."""
+    entry = sampler_entry(name)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown sampler {name!r}; registered samplers: {', '.join(sampler_names())}")
+        importlib.import_module(entry.module)
     return _REGISTRY[name]
-
-
-def sampler_family(name: str) -> str:
-    """``diffusion`` or ``flow``: the kind of prior the sampler ``name`` can run."""
-    return sampler_class(name).family
-
-
-def deterministic_names() -> tuple[str, ...]:
-    """The registered samplers that take no eta (eta 0 only), sorted."""
-    return tuple(n for n in sampler_names() if not _REGISTRY[n].takes_eta)
-
-
-def family_clash(name: str, family: str) -> str | None:
-    """None when sampler ``name`` runs a prior trained with ``family``, else the clause saying what would."""
-    own = sampler_family(name)
-    if own == family:
-        return None
-    *rest, last = sampler_names(family)
-    return f"{name} is a {own} sampler, and a {family} prior takes {', '.join(rest)} or {last}"
 
 
 def make_sampler(name: str, **config: Any) -> Sampler:

@@ -5,52 +5,19 @@ each registered sampler class declares its family (diffusion or flow) and whethe
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..sampling.catalogue import deterministic_names, family_clash, sampler_names
 from .base import IntTuple, PerLevelInts, Section
 
-
-# The sampler registry (``medgen_cli.sampling``) imports torch and every sampler; the settings consult it only
-# while validating, so loading them (the CLI's --help, ``medgen config show``) stays free of torch.
-def _sampling():
-    from .. import sampling
-
-    return sampling
-
-
-def sampler_names(family: str | None = None) -> tuple[str, ...]:
-    """The registered sampler names (of one objective's ``family``)."""
-    return _sampling().sampler_names(family)
-
-
-def deterministic_names() -> tuple[str, ...]:
-    """The registered samplers that take eta = 0 only."""
-    return _sampling().deterministic_names()
-
-
-def family_clash(name: str, family: str) -> str | None:
-    return _sampling().family_clash(name, family)
-
-
-def _registered_sampler(name: str) -> str:
-    if name not in sampler_names():
-        raise ValueError(f"unknown sampler {name!r}; registered samplers: {', '.join(sampler_names())}")
-    return name
-
-
-def __getattr__(name: str):
-    """``DIFFUSION_SAMPLERS``, ``FLOW_SAMPLERS`` and ``DETERMINISTIC_SAMPLERS``, read from the registry on use."""
-    lists = {"DIFFUSION_SAMPLERS": lambda: sampler_names("diffusion"), "FLOW_SAMPLERS": lambda: sampler_names("flow"),
-             "DETERMINISTIC_SAMPLERS": deterministic_names}
-    if name in lists:
-        return lists[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
+# The catalogued samplers (``medgen_cli/sampling/catalogue.py``, torch-free) by the objective they run.
+DIFFUSION_SAMPLERS = sampler_names("diffusion")
+FLOW_SAMPLERS = sampler_names("flow")
+DETERMINISTIC_SAMPLERS = deterministic_names()  # they take eta = 0 only
 DEFAULT_SAMPLER = {"diffusion": "ddim", "flow": "flow_euler"}  # diffusion.sampler when not given
-SamplerName = Annotated[str, AfterValidator(_registered_sampler)]  # a registered sampler (medgen_cli.sampling)
+SamplerName = Literal[sampler_names()]  # type: ignore[valid-type]
 # DiffusionSettings fields of one objective only: left at their defaults by the other
 DIFFUSION_ONLY = ("schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction", "min_snr_gamma")
 FLOW_ONLY = ("flow_time_sampling", "flow_logit_mean", "flow_logit_std", "flow_shift", "flow_base_grid_numel",
@@ -157,7 +124,7 @@ class DiffusionSettings(Section):
         if clash:
             raise ValueError(f"diffusion.sampler = {self.sampler!r} cannot sample a prior of diffusion.objective = "
                              f"{self.objective!r}: {clash}")
-        if self.sampler in deterministic_names() and self.eta != 0:
+        if self.sampler in DETERMINISTIC_SAMPLERS and self.eta != 0:
             raise ValueError(f"diffusion.eta = {self.eta} applies to the ddim sampler only; {self.sampler} is "
                              "deterministic and takes eta 0")
         return self

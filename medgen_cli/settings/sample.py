@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import Section
 from .common import RuntimeSettings
-from .diffusion import SamplerName, deterministic_names
+from .diffusion import DETERMINISTIC_SAMPLERS, SamplerName
 from .tiling import TilingSettings
 
 
@@ -49,7 +49,7 @@ class SamplerSettings(Section):
             raise ValueError("sampler.strategy = 'top-p' needs sampler.top_p (e.g. --top-p 0.9)")
         if self.strategy == "greedy" and (self.top_k is not None or self.top_p is not None):
             raise ValueError("sampler.strategy = 'greedy' takes no top_k or top_p; remove them or choose top-k/top-p")
-        if self.scheduler in deterministic_names() and self.eta:
+        if self.scheduler in DETERMINISTIC_SAMPLERS and self.eta:
             raise ValueError(f"sampler.eta = {self.eta} applies to the ddim sampler only; {self.scheduler} is "
                              "deterministic and takes eta 0")
         return self

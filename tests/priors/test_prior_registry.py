@@ -124,7 +124,7 @@ def test_an_unknown_kind_is_a_settings_error_listing_the_registered_kinds():
 def test_the_built_in_kinds_and_their_flags():
     assert prior_names() == ("transformer", "maskgit", "pixelcnn", "diffusion")
     assert [k for k in prior_names() if prior_kind(k).token] == ["transformer", "maskgit", "pixelcnn"]
-    assert prior_kind("pixelcnn").only_2d and not prior_kind("pixelcnn").condition_paths
+    assert not prior_kind("pixelcnn").condition_paths
     assert prior_kind("diffusion").draws == "latents" and prior_kind("diffusion").sections == ("diffusion",)
     with pytest.raises(ValueError, match="already registered"):
         register_prior(PriorKind(name="transformer", config=UnigramConfig, build=_build, rebuild=UnigramPrior,

@@ -3,32 +3,20 @@
 prior registry (``medgen_cli.priors``) builds, trains and samples them by kind; their sampling loops
 live in ``medgen_cli.sampling``."""
 
-from medgen_cli.models.priors.config import (
-    GatedPixelCNNConfig,
-    MaskGITPriorConfig,
-    PriorConfig,
-    TransformerPriorConfig,
-    UNetPriorConfig,
-)
-from medgen_cli.models.priors.maskgit import MaskGITPrior
-from medgen_cli.models.priors.ordering import ORDERINGS, make_ordering
-from medgen_cli.models.priors.pixelcnn import GatedPixelCNN, TwoLevelPixelCNN
-from medgen_cli.models.priors.transformer import TransformerPrior
-from medgen_cli.models.priors.unet import UNetPrior, random_null_mask, timestep_embedding
+import importlib
 
-__all__ = [
-    "ORDERINGS",
-    "GatedPixelCNN",
-    "GatedPixelCNNConfig",
-    "MaskGITPrior",
-    "MaskGITPriorConfig",
-    "PriorConfig",
-    "TransformerPrior",
-    "TransformerPriorConfig",
-    "TwoLevelPixelCNN",
-    "UNetPrior",
-    "UNetPriorConfig",
-    "make_ordering",
-    "random_null_mask",
-    "timestep_embedding",
-]
+# name -> module; imported on first use (PEP 562), so the typed configs load without torch
+_EXPORTS = {
+    "GatedPixelCNNConfig": "config", "MaskGITPriorConfig": "config", "PriorConfig": "config",
+    "TransformerPriorConfig": "config", "UNetPriorConfig": "config", "MaskGITPrior": "maskgit",
+    "ORDERINGS": "ordering", "make_ordering": "ordering", "GatedPixelCNN": "pixelcnn", "TwoLevelPixelCNN": "pixelcnn",
+    "TransformerPrior": "transformer", "UNetPrior": "unet", "random_null_mask": "unet", "timestep_embedding": "unet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"medgen_cli.models.priors.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'medgen_cli.models.priors' has no attribute {name!r}")
