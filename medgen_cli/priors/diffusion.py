@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..models.priors.config import UNetPriorConfig
-from ..sampling.catalogue import deterministic_names, family_clash
+from ..sampling.catalogue import deterministic_names, family_clash, sampler_entry
 
 if TYPE_CHECKING:  # the registry loads without torch (the settings read it); the work imports it on use
     import torch
@@ -93,7 +93,7 @@ def make_prior_sampler(record: Any, name: str) -> Sampler:
 
     stored = record["diffusion"]["scheduler"] if isinstance(record, Mapping) else record.diffusion.scheduler
     config = dict(stored)
-    if name == "dpmpp_2m":
+    if sampler_entry(name).own_spacing:
         config.pop("timestep_spacing", None)
     return make_sampler(name, **config)
 

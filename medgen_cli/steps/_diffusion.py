@@ -48,6 +48,7 @@ from ..priors.diffusion import training_scheduler
 from ..settings.prior import TrainPriorSettings
 from ..train.diffusion_task import SampleCheck
 from ..loaders.autoencoder import load_autoencoder
+from ..sampling.catalogue import few_step_sampler
 from ._mask_condition import TrainingMasks, training_masks
 from ._spacing_condition import TrainingSpacing, training_spacing
 
@@ -155,7 +156,7 @@ def sample_check(settings: TrainPriorSettings, lat: Latents, conds: list[Latents
     return SampleCheck(batch=default_collate(items), targets=torch.stack(targets), data_ranges=ranges, decode=decode,
                        scheduler_config=scheduler_config(settings, lat.grid_shape), every=d.sample_every,
                        steps=d.sample_steps, guidance_scale=d.guidance_scale, paired=bool(conds) or data.masks is not None,
-                       sampler="ddim" if d.sampler == "ddpm" else d.sampler)  # ancestral sampling needs many steps
+                       sampler=few_step_sampler(d.sampler, d.objective))  # ancestral sampling needs many steps
 
 
 def model_info(settings: TrainPriorSettings, data: DiffusionData, lat: Latents, conds: list[Latents]) -> dict[str, Any]:
