@@ -2,7 +2,8 @@
 
 Synthetic 64^2 float16 slices (100 per subject, origin moving along z) written in both layouts; then:
 write items/s; `ItemDataset` + `make_loader` read items/s (batch 64, shuffled, 0 and 2 workers);
-`encode-latents` items/s with a tiny 2D VQ-VAE through the step's own `run`; `preprocess --mode slices`
+`encode-latents` items/s with a tiny 2D VQ-VAE through the step's own `run`; `LatentsDataset` read items/s of
+those codes, a batch at a time or item by item; `preprocess --mode slices`
 of the pyradiomics lung CT (seconds per slice); files on disk per 10k items. The old layout is the
 per-item one medgen wrote before (``Store.write``; for preprocess ``STACKED_MODES = ()``, for encode
 no stack writers), measured on ``old_items`` items (its costs are per item).
@@ -90,6 +91,37 @@ def _read(prep: Path, workers: int, max_batches: int) -> dict:
     return {"workers": workers, "items": n, "items_per_s": round(n / seconds, 1), "open_s": round(opened, 2)}
 
 
+def _read_latents(lat: Path, batched: bool, max_batches: int) -> dict:
+    """Shuffled batches of 64 codes through LatentsDataset + make_loader (the path train-prior takes), read a
+    batch at a time (``__getitems__``) or item by item (the dataset seen through ``__getitem__`` only)."""
+    from torch.utils.data import Dataset
+
+    from medgen_cli.data.latents import LatentsDataset
+    from medgen_cli.data.loader import make_loader
+
+    class ItemByItem(Dataset):
+        def __init__(self, base):
+            self.base = base
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, index):
+            return self.base[index]
+
+    dataset = LatentsDataset(lat / "main.zarr")
+    loader = make_loader(dataset if batched else ItemByItem(dataset), BATCH, shuffle=True, seed=0, num_workers=0)
+    it = iter(loader)
+    next(it)
+    t, n = time.perf_counter(), 0
+    for k, batch in enumerate(it):
+        n += len(batch["id"])
+        if k + 2 >= max_batches:
+            break
+    seconds = time.perf_counter() - t
+    return {"batched": batched, "items": n, "items_per_s": round(n / seconds, 1)}
+
+
 def _autoencoder(root: Path) -> Path:
     from medgen_cli.settings import load_settings
     from medgen_cli.settings.train import TrainAESettings
@@ -163,6 +195,8 @@ def run(root: Path, items: int, old_items: int, max_batches: int) -> dict:
     out["encode_latents"] = {"stacked": _encode(ae, new_prep, root / "lat_new", True),
                              "per_item": _encode(ae, old_prep, root / "lat_old", False)}
     print("encode", out["encode_latents"], flush=True)
+    out["read_latents"] = [_read_latents(root / "lat_new", b, max_batches) for b in (True, False)]
+    print("read latents", out["read_latents"], flush=True)
     if CT.exists():
         runs = {"stacked": [], "per_item": []}
         for _ in range(2):  # alternate, keep the faster of two runs of each (file cache, warm imports)

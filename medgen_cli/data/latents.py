@@ -83,7 +83,10 @@ def latent_meta(meta: ImageMeta, factor: Sequence[int], **attrs: Any) -> ImageMe
 
 def read_latent(store: Store, item_id: str) -> torch.Tensor:
     """A stored latent: int16 codes -> int64 ``(*grid)``; floats -> float32 ``(C, *grid)``."""
-    array = store.read(item_id, dtype=None)  # checked: a lost or damaged chunk is an error naming the item
+    return _latent(store.read(item_id, dtype=None))  # checked: a lost or damaged chunk is an error naming the item
+
+
+def _latent(array: np.ndarray) -> torch.Tensor:
     if np.issubdtype(array.dtype, np.integer):
         return torch.from_numpy(array.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -158,6 +161,26 @@ class LatentsDataset(Dataset):
             out["condition"] = [read_latent(store, i) for store, ids in zip(self.conditions, cond_ids) for i in ids]
         if self.labels:
             out["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
+        return out
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The samples of a whole batch, as ``__getitem__`` gives them one by one: stacked items (2D latents) are
+        read with one selection per stack group of each store instead of one read per item."""
+        rows = [self.samples[i] for i in indices]
+        ids = [item_id for item_id, _, _ in rows]
+        out = [{"codes": _latent(a), "id": item_id, "subject": subject}
+               for a, (item_id, subject, _) in zip(self.store.read_many(ids, dtype=None), rows)]
+        for name, level in self.levels.items():
+            for sample, a in zip(out, level.read_many(ids, dtype=None)):
+                sample[name] = _latent(a)
+        if self.conditions:  # per store, every condition item of the batch at once; handed out store by store
+            read = [iter(store.read_many([i for _, _, cond in rows for i in cond[k]], dtype=None))
+                    for k, store in enumerate(self.conditions)]
+            for sample, (_, _, cond) in zip(out, rows):
+                sample["condition"] = [_latent(next(read[k])) for k, ids in enumerate(cond) for _ in ids]
+        for sample, index in zip(out, indices):
+            if self.labels:
+                sample["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
         return out
 
 
@@ -303,7 +326,13 @@ class ContinuousLatentsDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.base[index]
+        return self._continuous(index, self.base[index])
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A whole batch, read at once by the base dataset (``LatentsDataset.__getitems__``)."""
+        return [self._continuous(i, item) for i, item in zip(indices, self.base.__getitems__(indices))]
+
+    def _continuous(self, index: int, item: dict[str, Any]) -> dict[str, Any]:
         x0 = self.codec(item.pop("codes")[None])[0]
         out = {"x0": x0, **item}
         if "condition" in item:
