@@ -79,8 +79,13 @@ def _read(prep: Path, workers: int, max_batches: int) -> dict:
     dataset = ItemDataset(prep / "main.zarr")
     opened = time.perf_counter() - t
     loader = make_loader(dataset, BATCH, shuffle=True, seed=0, num_workers=workers)
+    return {"workers": workers, **_timed(loader, max_batches), "open_s": round(opened, 2)}
+
+
+def _timed(loader, max_batches: int) -> dict:
+    """Items and items/s of up to ``max_batches`` batches; worker start-up and the first batch are not counted."""
     it = iter(loader)
-    next(it)  # worker start-up and first batch are not counted
+    next(it)
     t, n = time.perf_counter(), 0
     for k, batch in enumerate(it):
         n += len(batch["id"])
@@ -88,7 +93,7 @@ def _read(prep: Path, workers: int, max_batches: int) -> dict:
             break
     seconds = time.perf_counter() - t
     del it
-    return {"workers": workers, "items": n, "items_per_s": round(n / seconds, 1), "open_s": round(opened, 2)}
+    return {"items": n, "items_per_s": round(n / seconds, 1)}
 
 
 def _read_latents(lat: Path, batched: bool, max_batches: int) -> dict:
@@ -111,15 +116,7 @@ def _read_latents(lat: Path, batched: bool, max_batches: int) -> dict:
 
     dataset = LatentsDataset(lat / "main.zarr")
     loader = make_loader(dataset if batched else ItemByItem(dataset), BATCH, shuffle=True, seed=0, num_workers=0)
-    it = iter(loader)
-    next(it)
-    t, n = time.perf_counter(), 0
-    for k, batch in enumerate(it):
-        n += len(batch["id"])
-        if k + 2 >= max_batches:
-            break
-    seconds = time.perf_counter() - t
-    return {"batched": batched, "items": n, "items_per_s": round(n / seconds, 1)}
+    return {"batched": batched, **_timed(loader, max_batches)}
 
 
 def _autoencoder(root: Path) -> Path:

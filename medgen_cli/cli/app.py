@@ -56,6 +56,10 @@ def main_callback(
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Settings file (YAML, JSON or TOML); `medgen config show STEP` prints one.")
 SET_OPT = typer.Option([], "--set", "-s", help="Override one setting: key.path=value (repeatable).")
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the output directory if it exists.")
+STEPS_OPT = typer.Option(None, "--steps", help="Optimizer steps.")
+MAX_MINUTES_OPT = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first.")
+DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu, cuda or mps.")
+RESUME_OPT = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint.")
 THREADS_OPT = typer.Option(None, "--threads", min=0, help="CPU threads of this step (runtime.threads; default 0 = one per physical core). "
                            "--threads 1 keeps a step steady on a machine other work shares.")
 OUT_OPT_HELP = "Output artefact directory or fsspec URL (s3://bucket/run/name)."

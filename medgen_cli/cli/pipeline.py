@@ -18,7 +18,8 @@ from ..loaders.summaries import AutoencoderSummary, LatentsSummary, PriorSummary
 from ..settings import load_settings
 from ..windows import preset_list
 from ._ui import console, handled, progress_bar, state
-from .app import CONFIG_OPT, OVERWRITE_OPT, SET_OPT, THREADS_OPT, app, parse_shard
+from .app import (CONFIG_OPT, DEVICE_OPT, MAX_MINUTES_OPT, OVERWRITE_OPT, RESUME_OPT, SET_OPT, STEPS_OPT, THREADS_OPT, app,
+                  parse_shard)
 
 
 # ------------------------------------------------------------------------------------- preprocess
@@ -90,10 +91,10 @@ def train_ae_cmd(
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     kind: Optional[str] = typer.Option(None, "--kind", help="Autoencoder: vqvae, vqvae2, vqgan or klvae."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
+    steps: Optional[int] = STEPS_OPT,
+    max_minutes: Optional[float] = MAX_MINUTES_OPT,
+    device: Optional[str] = DEVICE_OPT,
+    resume: bool = RESUME_OPT,
     threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
@@ -134,7 +135,7 @@ def encode_latents_cmd(
     store: Optional[str] = typer.Option(None, "--store", help="Store of the data artefact: main (default) or a derived one, e.g. drr."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per forward pass."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="KL latents: float32 or float16 (VQ codes are always int16)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    device: Optional[str] = DEVICE_OPT,
     threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
@@ -168,10 +169,10 @@ def train_prior_cmd(
     kind: Optional[str] = typer.Option(None, "--kind", help="Prior: transformer, maskgit, pixelcnn or diffusion."),
     condition: Optional[list[str]] = typer.Option(None, "--condition", help="Latents artefact joined by item id or by subject (condition.join): a prefix for token priors, channels for diffusion (repeatable)."),
     label: Optional[str] = typer.Option(None, "--label", help="Item attribute whose values are class labels, e.g. view."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; stops at --steps or this, whichever comes first."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial's last checkpoint."),
+    steps: Optional[int] = STEPS_OPT,
+    max_minutes: Optional[float] = MAX_MINUTES_OPT,
+    device: Optional[str] = DEVICE_OPT,
+    resume: bool = RESUME_OPT,
     threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
@@ -226,7 +227,7 @@ def sample_cmd(
     subject: Optional[str] = typer.Option(None, "--subject", help="Generate for this subject's condition items."),
     all_subjects: bool = typer.Option(False, "--all", help="Generate for every subject (item-joined priors: every condition item) of the condition artefacts."),
     label: Optional[str] = typer.Option(None, "--label", help="Class label for label-conditioned priors."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    device: Optional[str] = DEVICE_OPT,
     threads: Optional[int] = THREADS_OPT,
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:

@@ -17,7 +17,7 @@ from ..errors import StepFailed, UsageError
 from ..loaders.summaries import ExportSummary
 from ..settings import load_settings
 from ._ui import console, handled, out_console, print_table, progress_bar
-from .app import CONFIG_OPT, OVERWRITE_OPT, SET_OPT, THREADS_OPT, app, config_app
+from .app import CONFIG_OPT, DEVICE_OPT, OVERWRITE_OPT, SET_OPT, THREADS_OPT, app, config_app
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -35,7 +35,7 @@ def evaluate_cmd(
     axis: Optional[int] = typer.Option(None, "--axis", help="Spatial axis of slice-wise SSIM for volumes: 0, 1 or 2."),
     max_pictures: Optional[int] = typer.Option(None, "--max-pictures", help="Items pictured (strips, views, MIPs, error maps)."),
     threshold: Optional[float] = typer.Option(None, "--memorisation-threshold", help="SSIM to the nearest training item above which a sample is flagged."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    device: Optional[str] = DEVICE_OPT,
     config: Optional[Path] = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     threads: Optional[int] = THREADS_OPT,

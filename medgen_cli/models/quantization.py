@@ -18,6 +18,7 @@ and its test (see docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ SIZE_FIELDS = ("embedding_dim", "num_embeddings", "fsq_levels")
 Sizes = tuple[int, int, "tuple[int, ...] | None"]
 
 
-class QuantizerSpec:
+class QuantizerSpec(ABC):
     """One registry entry. Subclasses set ``name`` and ``fields`` and implement ``resolve``, ``sizes``
     and ``build``; ``check`` adds settings rules beyond the shared int16 limit."""
 
@@ -39,17 +40,17 @@ class QuantizerSpec:
     fields: ClassVar[frozenset[str]] = frozenset()  # AutoencoderSettings fields this quantiser reads
     int16_limit: ClassVar[bool] = True  # its codebook size follows from the settings: bound it by int16 indices
 
+    @abstractmethod
     def resolve(self, embedding_dim: int | None, num_embeddings: int | None, fsq_levels: Sequence[int] | None) -> Sizes:
         """(embedding_dim, num_embeddings, fsq_levels) built; None means this quantiser's default."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sizes(self, embedding_dim: int, num_embeddings: int, fsq_levels: Sequence[int]) -> tuple[int, int]:
         """(code width, codebook size) the settings values imply, without checking them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build(self, embedding_dim: int, num_embeddings: int, config: Any) -> Any:
         """The ``nn.Module`` from resolved sizes and the autoencoder's typed config (its other options)."""
-        raise NotImplementedError
 
     def check(self, embedding_dim: int, num_embeddings: int, fsq_levels: Sequence[int]) -> None:
         """Settings rules (messages name the ``model.*`` keys); the int16 limit is shared."""
