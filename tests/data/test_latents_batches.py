@@ -75,3 +75,19 @@ def test_float_latents_and_the_continuous_wrapper(tmp_path):
     (batch,) = list(DataLoader(wrapped, batch_size=6, shuffle=False))
     expected = torch.stack([wrapped[i]["x0"] for i in range(6)])
     assert torch.equal(batch["x0"], expected)
+
+
+def test_a_lost_shard_is_named_by_batch_reads_as_by_item_reads(tmp_path):
+    """A damaged latents store fails a batch read with the same one-sentence DamagedStore as an item read."""
+    from medgen_cli.io.store import DamagedStore
+
+    from tests.io.test_stacked_store import shard_files
+
+    _codes(tmp_path, "main", True, 0)
+    (shard,) = shard_files(tmp_path / "main.zarr")
+    shard.unlink()
+    ds = LatentsDataset(Store.open(tmp_path / "main.zarr"), "train")
+    with pytest.raises(DamagedStore, match="main.zarr.*is missing or damaged"):
+        ds[0]
+    with pytest.raises(DamagedStore, match="main.zarr.*is missing or damaged"):
+        ds.__getitems__([0, 1])
